@@ -1,0 +1,1 @@
+//! Protobuf messages of every image type (generated from `format/proto/`).
