@@ -1,0 +1,563 @@
+//! Reading one image file: header check, entry framing, typed decoding.
+//!
+//! `ImageFile::open` maps the file read-only and checks its header against the magic table.
+//! `entries()` then frames it into `RawEntry`s that borrow from the mapping — the message
+//! bytes and any extra payload (pipe contents, socket packets) are never copied. Typed access
+//! (`decode_all`, `decode_one`) decodes with prost and then checks proto2 `required` fields,
+//! which prost does not enforce. Every error names the file, and where it applies the entry
+//! index, the byte offset and the field.
+//!
+//! An absent image is an error for `open`; `open_or_empty` treats it as an image with no
+//! entries, the way CRIU does for optional images — the caller decides which applies.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::extra::{self, ExtraSizeError};
+use crate::magic::{self, ExtraKind, Header, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, Layout, Magic};
+use crate::validate::{self, ValidateError};
+use crate::wire::{self, WireError};
+
+/// Errors of reading an image file.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot open image {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot map image {path}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("image {path} is {len} bytes, too short for its {needed}-byte header")]
+    TruncatedHeader {
+        path: PathBuf,
+        len: usize,
+        needed: usize,
+    },
+    #[error("image {path} has unknown magic {value:#010x} at byte {offset}")]
+    UnknownMagic {
+        path: PathBuf,
+        value: u32,
+        offset: usize,
+    },
+    #[error(
+        "image {path} starts with the {name} type magic without the common magic: a v1 image, \
+         which cryo does not read (only v1.1, img_version 2)"
+    )]
+    LegacyV1 { path: PathBuf, name: &'static str },
+    #[error("image {path} is a {found} image, expected {expected}")]
+    WrongType {
+        path: PathBuf,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("image {path}: first magic {first:#010x} does not belong with type {name}")]
+    WrongHeader {
+        path: PathBuf,
+        first: u32,
+        name: &'static str,
+    },
+    #[error(
+        "image {path}, entry {index} at byte {offset}: only {remaining} bytes left for the \
+         4-byte entry length"
+    )]
+    TruncatedLength {
+        path: PathBuf,
+        index: usize,
+        offset: usize,
+        remaining: usize,
+    },
+    #[error(
+        "image {path}, entry {index} at byte {offset}: length {len} is larger than the whole \
+         image ({file_size} bytes)"
+    )]
+    AbsurdLength {
+        path: PathBuf,
+        index: usize,
+        offset: usize,
+        len: u32,
+        file_size: usize,
+    },
+    #[error(
+        "image {path}, entry {index} at byte {offset}: the {len}-byte message runs past the end \
+         ({remaining} bytes left)"
+    )]
+    EntryPastEnd {
+        path: PathBuf,
+        index: usize,
+        offset: usize,
+        len: u32,
+        remaining: usize,
+    },
+    #[error(
+        "image {path}, entry {index}: the {len}-byte extra payload runs past the end \
+         ({remaining} bytes left)"
+    )]
+    ExtraPastEnd {
+        path: PathBuf,
+        index: usize,
+        len: u64,
+        remaining: usize,
+    },
+    #[error("image {path}, entry {index}: field {field} that sizes the extra payload is missing")]
+    ExtraFieldMissing {
+        path: PathBuf,
+        index: usize,
+        field: &'static str,
+    },
+    #[error("image {path}, entry {index}: extra payload: {what} (byte {offset} of the payload)")]
+    ExtraMalformed {
+        path: PathBuf,
+        index: usize,
+        what: &'static str,
+        offset: usize,
+    },
+    #[error("image {path}, entry {index}: malformed protobuf: {source}")]
+    Wire {
+        path: PathBuf,
+        index: usize,
+        source: WireError,
+    },
+    #[error("image {path}, entry {index}: cannot decode {message}")]
+    Decode {
+        path: PathBuf,
+        index: usize,
+        message: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("image {path}, entry {index}: {source}")]
+    Invalid {
+        path: PathBuf,
+        index: usize,
+        #[source]
+        source: ValidateError,
+    },
+    #[error("image {path} ({magic}) has no protobuf message to decode its entries with")]
+    NoMessage { path: PathBuf, magic: &'static str },
+    #[error("image {path} holds {found} entries, expected exactly one")]
+    EntryCount { path: PathBuf, found: usize },
+}
+
+impl ImageError {
+    /// Whether the error is "the file does not exist".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ImageError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// One entry of an image, borrowed from the mapped file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawEntry<'a> {
+    /// Position of the entry in the image, from 0.
+    pub index: usize,
+    /// Byte offset of the entry's length prefix in the file.
+    pub offset: usize,
+    /// The encoded protobuf message.
+    pub payload: &'a [u8],
+    /// Raw bytes that follow the message, for image types that have them.
+    pub extra: Option<&'a [u8]>,
+    /// Full protobuf name of the message (`criu.pagemap_head` for a pagemap's entry 0).
+    pub message: Option<&'static str>,
+}
+
+enum Data {
+    Mapped(Mmap),
+    Empty,
+}
+
+/// An open image file.
+pub struct ImageFile {
+    path: PathBuf,
+    data: Data,
+    magic: &'static Magic,
+    body: usize,
+}
+
+impl std::fmt::Debug for ImageFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageFile")
+            .field("path", &self.path)
+            .field("magic", &self.magic.name)
+            .field("len", &self.bytes().len())
+            .finish()
+    }
+}
+
+impl ImageFile {
+    /// Maps `path` and checks its header; the type comes from the file's magic.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ImageError> {
+        let path = path.as_ref().to_path_buf();
+        let data = map(&path)?;
+        let bytes = match &data {
+            Data::Mapped(m) => &m[..],
+            Data::Empty => &[][..],
+        };
+        let (magic, body) = parse_header(&path, bytes)?;
+        Ok(ImageFile {
+            path,
+            data,
+            magic,
+            body,
+        })
+    }
+
+    /// Opens `path`, which must be an image of type `expected`.
+    pub fn open_expect(
+        path: impl AsRef<Path>,
+        expected: &'static Magic,
+    ) -> Result<Self, ImageError> {
+        let image = Self::open(path)?;
+        if image.magic.value != expected.value {
+            return Err(ImageError::WrongType {
+                path: image.path,
+                expected: expected.name,
+                found: image.magic.name,
+            });
+        }
+        Ok(image)
+    }
+
+    /// Like `open_expect`, but an absent file is an image of that type with no entries.
+    pub fn open_or_empty(
+        path: impl AsRef<Path>,
+        expected: &'static Magic,
+    ) -> Result<Self, ImageError> {
+        match Self::open_expect(path.as_ref(), expected) {
+            Err(e) if e.is_not_found() => Ok(ImageFile {
+                path: path.as_ref().to_path_buf(),
+                data: Data::Empty,
+                magic: expected,
+                body: 0,
+            }),
+            other => other,
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The image type (canonical name for aliased values: a shmem pagemap reads as PAGEMAP).
+    pub fn magic(&self) -> &'static Magic {
+        self.magic
+    }
+
+    /// The whole file, header included.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.data {
+            Data::Mapped(m) => m,
+            Data::Empty => &[],
+        }
+    }
+
+    /// Everything after the header.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes()[self.body..]
+    }
+
+    /// Iterates the entries. Framing errors end the iteration after being yielded once.
+    pub fn entries(&self) -> Entries<'_> {
+        Entries {
+            image: self,
+            pos: self.body,
+            index: 0,
+            ghost_chunks: false,
+            done: false,
+        }
+    }
+
+    /// Decodes entry `entry` as `M`, checking required fields against the entry's message.
+    pub fn decode<M: prost::Message + Default>(
+        &self,
+        entry: &RawEntry<'_>,
+    ) -> Result<M, ImageError> {
+        let message = entry.message.ok_or_else(|| ImageError::NoMessage {
+            path: self.path.clone(),
+            magic: self.magic.name,
+        })?;
+        let msg = M::decode(entry.payload).map_err(|source| ImageError::Decode {
+            path: self.path.clone(),
+            index: entry.index,
+            message,
+            source,
+        })?;
+        self.check(entry)?;
+        Ok(msg)
+    }
+
+    /// Checks an entry's encoding and required fields without decoding it.
+    pub fn check(&self, entry: &RawEntry<'_>) -> Result<(), ImageError> {
+        let Some(message) = entry.message else {
+            return Ok(());
+        };
+        validate::check_entry(message, entry.payload).map_err(|source| ImageError::Invalid {
+            path: self.path.clone(),
+            index: entry.index,
+            source,
+        })
+    }
+
+    /// Decodes every entry as `M`.
+    pub fn decode_all<M: prost::Message + Default>(&self) -> Result<Vec<M>, ImageError> {
+        let mut out = Vec::new();
+        for entry in self.entries() {
+            out.push(self.decode(&entry?)?);
+        }
+        Ok(out)
+    }
+
+    /// Decodes the image's single entry as `M` (core, mm, ids, fs, inventory...).
+    pub fn decode_one<M: prost::Message + Default>(&self) -> Result<M, ImageError> {
+        let mut entries = self.entries();
+        let first = entries.next().transpose()?;
+        let extra = entries.count();
+        match first {
+            Some(entry) if extra == 0 => self.decode(&entry),
+            _ => Err(ImageError::EntryCount {
+                path: self.path.clone(),
+                found: usize::from(first.is_some()) + extra,
+            }),
+        }
+    }
+
+    /// Decodes every entry as `M` together with its extra payload (pipes-data, sk-queues...).
+    pub fn decode_with_extra<M: prost::Message + Default>(
+        &self,
+    ) -> Result<Vec<(M, &[u8])>, ImageError> {
+        let mut out = Vec::new();
+        for entry in self.entries() {
+            let entry = entry?;
+            out.push((self.decode(&entry)?, entry.extra.unwrap_or(&[])));
+        }
+        Ok(out)
+    }
+}
+
+fn map(path: &Path) -> Result<Data, ImageError> {
+    let file = File::open(path).map_err(|source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let len = file
+        .metadata()
+        .map_err(|source| ImageError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if len == 0 {
+        return Ok(Data::Empty);
+    }
+    // SAFETY: the map is read-only and private to this process; CRIU image files are not
+    // modified while read (a concurrent truncation would fault, which is the documented risk
+    // of reading images that another process is rewriting).
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|source| ImageError::Map {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Data::Mapped(mmap))
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Reads the header, returning the image type and the offset of the first entry.
+pub(crate) fn parse_header(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(&'static Magic, usize), ImageError> {
+    let truncated = |needed| ImageError::TruncatedHeader {
+        path: path.to_path_buf(),
+        len: bytes.len(),
+        needed,
+    };
+    let first = read_u32(bytes, 0).ok_or_else(|| truncated(4))?;
+    if first == magic::well_known::inventory().value {
+        return Ok((magic::well_known::inventory(), 4));
+    }
+    if first != IMG_COMMON_MAGIC && first != IMG_SERVICE_MAGIC {
+        return Err(match magic::by_value(first) {
+            Some(m) if m.header == Header::Common => ImageError::LegacyV1 {
+                path: path.to_path_buf(),
+                name: m.name,
+            },
+            _ => ImageError::UnknownMagic {
+                path: path.to_path_buf(),
+                value: first,
+                offset: 0,
+            },
+        });
+    }
+
+    let second = read_u32(bytes, 4).ok_or_else(|| truncated(8))?;
+    let m = magic::by_value(second).ok_or_else(|| ImageError::UnknownMagic {
+        path: path.to_path_buf(),
+        value: second,
+        offset: 4,
+    })?;
+    if m.first_magic() != Some(first) {
+        return Err(ImageError::WrongHeader {
+            path: path.to_path_buf(),
+            first,
+            name: m.name,
+        });
+    }
+    Ok((m, 8))
+}
+
+/// Iterator over the entries of an image.
+pub struct Entries<'a> {
+    image: &'a ImageFile,
+    pos: usize,
+    index: usize,
+    ghost_chunks: bool,
+    done: bool,
+}
+
+impl<'a> Entries<'a> {
+    fn frame(&mut self) -> Result<Option<RawEntry<'a>>, ImageError> {
+        let image = self.image;
+        let bytes = image.bytes();
+        let path = || image.path.clone();
+        let offset = self.pos;
+        let index = self.index;
+        if offset >= bytes.len() {
+            return Ok(None);
+        }
+
+        let remaining = bytes.len() - offset;
+        let len = read_u32(bytes, offset).ok_or(ImageError::TruncatedLength {
+            path: path(),
+            index,
+            offset,
+            remaining,
+        })?;
+        if len as usize > bytes.len() {
+            return Err(ImageError::AbsurdLength {
+                path: path(),
+                index,
+                offset,
+                len,
+                file_size: bytes.len(),
+            });
+        }
+        let start = offset + 4;
+        let end = start + len as usize;
+        if end > bytes.len() {
+            return Err(ImageError::EntryPastEnd {
+                path: path(),
+                index,
+                offset,
+                len,
+                remaining: remaining - 4,
+            });
+        }
+        let payload = &bytes[start..end];
+        let rest = &bytes[end..];
+
+        let kind = image.magic.extra;
+        let extra_len = match kind {
+            ExtraKind::None => None,
+            ExtraKind::GhostFile => Some(self.ghost_extra(index, payload, rest.len())?),
+            _ => Some(extra::extra_len(kind, payload, rest).map_err(|e| match e {
+                ExtraSizeError::Wire(source) => ImageError::Wire {
+                    path: path(),
+                    index,
+                    source,
+                },
+                ExtraSizeError::MissingField(field) => ImageError::ExtraFieldMissing {
+                    path: path(),
+                    index,
+                    field,
+                },
+                ExtraSizeError::Nested { what, offset } => ImageError::ExtraMalformed {
+                    path: path(),
+                    index,
+                    what,
+                    offset,
+                },
+            })?),
+        };
+        let extra = match extra_len {
+            None => None,
+            Some(n) => {
+                let fits = usize::try_from(n).ok().filter(|&n| n <= rest.len());
+                let n = fits.ok_or(ImageError::ExtraPastEnd {
+                    path: path(),
+                    index,
+                    len: n,
+                    remaining: rest.len(),
+                })?;
+                Some(&rest[..n])
+            }
+        };
+
+        let message = image.magic.message_at(index, self.ghost_chunks);
+        self.pos = end + extra.map_or(0, <[u8]>::len);
+        self.index += 1;
+        Ok(Some(RawEntry {
+            index,
+            offset,
+            payload,
+            extra,
+            message,
+        }))
+    }
+
+    /// Ghost files: entry 0 decides between "the rest of the file is the content" and chunks.
+    fn ghost_extra(
+        &mut self,
+        index: usize,
+        payload: &[u8],
+        rest: usize,
+    ) -> Result<u64, ImageError> {
+        let wire_err = |source| ImageError::Wire {
+            path: self.image.path.clone(),
+            index,
+            source,
+        };
+        if index == 0 {
+            self.ghost_chunks = wire::find_u64(payload, 9).map_err(wire_err)?.unwrap_or(0) != 0;
+            return Ok(if self.ghost_chunks { 0 } else { rest as u64 });
+        }
+        // Entries after the first exist only in chunk mode (otherwise entry 0 took the rest).
+        wire::find_u64(payload, 1)
+            .map_err(wire_err)?
+            .ok_or_else(|| ImageError::ExtraFieldMissing {
+                path: self.image.path.clone(),
+                index,
+                field: "len",
+            })
+    }
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<RawEntry<'a>, ImageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.frame().transpose();
+        if !matches!(item, Some(Ok(_))) {
+            self.done = true;
+        }
+        item
+    }
+}
+
+/// Whether a layout needs per-index message selection (used by tools that decode dynamically).
+pub fn is_mixed(layout: Layout) -> bool {
+    layout != Layout::Uniform
+}

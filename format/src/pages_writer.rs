@@ -1,0 +1,269 @@
+//! Writing a pagemap and its pages image together.
+//!
+//! The dumper and the page server's export both produce the pair `pagemap-<id>.img` +
+//! `pages-<N>.img`. `PagesWriter` keeps the two consistent: each present run's bytes are
+//! appended to the pages image in the same order as its pagemap entry, adjacent runs with the
+//! same flags are merged (as CRIU does), and runs must come in increasing address order.
+//! `finish` commits the pages image first and the pagemap second, so a pagemap on disk
+//! always has its data; an unfinished writer removes both temporary files.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::magic::well_known;
+use crate::memory::PagemapId;
+use crate::pagemap::{self, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT};
+use crate::writer::{self, ImageWriter, WriteError};
+
+/// Errors of writing a pagemap + pages pair.
+#[derive(Debug, thiserror::Error)]
+pub enum PagesWriteError {
+    #[error(transparent)]
+    Image(#[from] WriteError),
+    #[error("cannot write pages image {path}")]
+    Pages {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pages for {vaddr:#x}: {len} bytes is not a whole number of pages")]
+    PartialPage { vaddr: u64, len: usize },
+    #[error("run at {vaddr:#x} is not page aligned")]
+    Unaligned { vaddr: u64 },
+    #[error("run at {vaddr:#x} starts before the previous run ends ({prev_end:#x})")]
+    OutOfOrder { vaddr: u64, prev_end: u64 },
+    #[error("run at {vaddr:#x}: flags {flags:#x} are not a valid hole (PE_PARENT or PE_LAZY)")]
+    BadHoleFlags { vaddr: u64, flags: u32 },
+    #[error("run at {vaddr:#x}: {nr_pages} pages overflow the address space")]
+    Overflow { vaddr: u64, nr_pages: u64 },
+    #[error("pages source for {vaddr:#x} ended early: {got} of {want} bytes")]
+    ShortSource { vaddr: u64, got: u64, want: u64 },
+}
+
+/// What a finished `PagesWriter` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagesSummary {
+    pub pagemap: PathBuf,
+    pub pages: PathBuf,
+    /// Pagemap entries after merging (the head not counted).
+    pub entries: usize,
+    /// Pages written to the pages image.
+    pub present_pages: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingRun {
+    vaddr: u64,
+    nr_pages: u64,
+    flags: u32,
+}
+
+/// Streaming writer of `pagemap-<id>.img` + `pages-<pages_id>.img`.
+pub struct PagesWriter {
+    pagemap: Option<ImageWriter>,
+    pages_path: PathBuf,
+    pages_temp: PathBuf,
+    pages: Option<BufWriter<File>>,
+    pending: Option<PendingRun>,
+    prev_end: u64,
+    entries: usize,
+    present_pages: u64,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for PagesWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagesWriter")
+            .field("pagemap", &self.pagemap.as_ref().map(ImageWriter::path))
+            .field("pages", &self.pages_path)
+            .field("present_pages", &self.present_pages)
+            .finish()
+    }
+}
+
+impl PagesWriter {
+    /// Starts both files in `dir`.
+    pub fn create(
+        dir: impl AsRef<Path>,
+        id: PagemapId,
+        pages_id: u32,
+    ) -> Result<Self, PagesWriteError> {
+        let dir = dir.as_ref();
+        let magic = match id {
+            PagemapId::Pid(_) => well_known::pagemap(),
+            PagemapId::Shmem(_) => well_known::shmem_pagemap(),
+        };
+        let mut pagemap = ImageWriter::create(dir.join(id.file_name()), magic)?;
+        let mut head = Vec::new();
+        pagemap::encode_head(&mut head, pages_id);
+        pagemap.write_raw(&head, &[])?;
+
+        let pages_path = dir.join(format!("pages-{pages_id}.img"));
+        let pages_temp = writer::temp_path(&pages_path);
+        let file = File::create(&pages_temp).map_err(|source| PagesWriteError::Pages {
+            path: pages_temp.clone(),
+            source,
+        })?;
+        Ok(PagesWriter {
+            pagemap: Some(pagemap),
+            pages_path,
+            pages_temp,
+            pages: Some(BufWriter::with_capacity(1 << 20, file)),
+            pending: None,
+            prev_end: 0,
+            entries: 0,
+            present_pages: 0,
+            scratch: Vec::with_capacity(32),
+        })
+    }
+
+    /// Appends present pages at `vaddr` (`data.len()` a multiple of 4096). `lazy` marks them
+    /// lazy-eligible (`PE_LAZY | PE_PRESENT`), as CRIU does for private anonymous memory.
+    pub fn add_pages(
+        &mut self,
+        vaddr: u64,
+        data: &[u8],
+        lazy: bool,
+    ) -> Result<(), PagesWriteError> {
+        if !(data.len() as u64).is_multiple_of(PAGE_SIZE) {
+            return Err(PagesWriteError::PartialPage {
+                vaddr,
+                len: data.len(),
+            });
+        }
+        let flags = PE_PRESENT | if lazy { PE_LAZY } else { 0 };
+        self.add_run(vaddr, data.len() as u64 / PAGE_SIZE, flags)?;
+        self.write_pages(data)
+    }
+
+    /// Appends `nr_pages` present pages at `vaddr`, read from `source` (a pipe, a socket).
+    pub fn add_pages_from(
+        &mut self,
+        vaddr: u64,
+        nr_pages: u64,
+        lazy: bool,
+        source: &mut impl Read,
+    ) -> Result<(), PagesWriteError> {
+        let flags = PE_PRESENT | if lazy { PE_LAZY } else { 0 };
+        self.add_run(vaddr, nr_pages, flags)?;
+        let want = nr_pages * PAGE_SIZE;
+        let out = self.pages.as_mut().expect("open until finish");
+        let got =
+            io::copy(&mut source.take(want), out).map_err(|source| PagesWriteError::Pages {
+                path: self.pages_temp.clone(),
+                source,
+            })?;
+        if got != want {
+            return Err(PagesWriteError::ShortSource { vaddr, got, want });
+        }
+        Ok(())
+    }
+
+    /// Records a run without data here: `PE_PARENT` (in the parent pre-dump) or `PE_LAZY`
+    /// (only on the page server).
+    pub fn add_hole(
+        &mut self,
+        vaddr: u64,
+        nr_pages: u64,
+        flags: u32,
+    ) -> Result<(), PagesWriteError> {
+        if flags != PE_PARENT && flags != PE_LAZY {
+            return Err(PagesWriteError::BadHoleFlags { vaddr, flags });
+        }
+        self.add_run(vaddr, nr_pages, flags)
+    }
+
+    fn add_run(&mut self, vaddr: u64, nr_pages: u64, flags: u32) -> Result<(), PagesWriteError> {
+        if !vaddr.is_multiple_of(PAGE_SIZE) {
+            return Err(PagesWriteError::Unaligned { vaddr });
+        }
+        if vaddr < self.prev_end {
+            return Err(PagesWriteError::OutOfOrder {
+                vaddr,
+                prev_end: self.prev_end,
+            });
+        }
+        let end = nr_pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| vaddr.checked_add(len))
+            .ok_or(PagesWriteError::Overflow { vaddr, nr_pages })?;
+        if nr_pages == 0 {
+            return Ok(());
+        }
+        self.prev_end = end;
+        if flags & PE_PRESENT != 0 {
+            self.present_pages += nr_pages;
+        }
+
+        match &mut self.pending {
+            Some(p) if p.flags == flags && p.vaddr + p.nr_pages * PAGE_SIZE == vaddr => {
+                p.nr_pages += nr_pages;
+            }
+            _ => {
+                self.flush_pending()?;
+                self.pending = Some(PendingRun {
+                    vaddr,
+                    nr_pages,
+                    flags,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> Result<(), PagesWriteError> {
+        if let Some(p) = self.pending.take() {
+            self.scratch.clear();
+            pagemap::encode_entry(&mut self.scratch, p.vaddr, p.nr_pages, p.flags);
+            let pagemap = self.pagemap.as_mut().expect("open until finish");
+            pagemap.write_raw(&self.scratch, &[])?;
+            self.entries += 1;
+        }
+        Ok(())
+    }
+
+    fn write_pages(&mut self, data: &[u8]) -> Result<(), PagesWriteError> {
+        let out = self.pages.as_mut().expect("open until finish");
+        out.write_all(data)
+            .map_err(|source| PagesWriteError::Pages {
+                path: self.pages_temp.clone(),
+                source,
+            })
+    }
+
+    /// Commits the pages image, then the pagemap.
+    pub fn finish(mut self) -> Result<PagesSummary, PagesWriteError> {
+        self.flush_pending()?;
+        let pages_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PagesWriteError::Pages { path, source }
+        };
+        let out = self.pages.take().expect("open until finish");
+        let file = out
+            .into_inner()
+            .map_err(|e| pages_err(&self.pages_temp)(e.into_error()))?;
+        file.sync_all().map_err(pages_err(&self.pages_temp))?;
+        drop(file);
+        fs::rename(&self.pages_temp, &self.pages_path).map_err(pages_err(&self.pages_path))?;
+
+        let pagemap = self.pagemap.take().expect("open until finish").finish()?;
+        Ok(PagesSummary {
+            pagemap,
+            pages: self.pages_path.clone(),
+            entries: self.entries,
+            present_pages: self.present_pages,
+        })
+    }
+}
+
+impl Drop for PagesWriter {
+    fn drop(&mut self) {
+        // The pagemap's own writer removes its temporary file when dropped unfinished.
+        if self.pages.take().is_some()
+            && let Err(e) = fs::remove_file(&self.pages_temp)
+        {
+            tracing::warn!(path = %self.pages_temp.display(), error = %e, "cannot remove unfinished pages image");
+        }
+    }
+}
