@@ -1,1 +1,246 @@
-fn main() {}
+//! `pageserver`: serve CRIU's page-server protocol into a dedup + zstd store, and inspect or
+//! export that store.
+//!
+//! ```text
+//! pageserver [serve] --store DIR [--listen 127.0.0.1:27027] [--single-session]
+//! pageserver list   --store DIR
+//! pageserver stats  --store DIR [--checkpoint ID]
+//! pageserver export --store DIR --checkpoint ID -D OUT [--parent-link PATH]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use cryo_pageserver::export::{ExportOptions, export_checkpoint};
+use cryo_pageserver::server::{self, ParentPolicy, ServerConfig, SessionEnd};
+use cryo_pageserver::store::{CheckpointInfo, Store};
+
+/// Default listen address. CRIU has no default page-server port (`--port` is required), so
+/// cryo picks one, on loopback only.
+const DEFAULT_LISTEN: &str = "127.0.0.1:27027";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pageserver",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Accept page-server sessions (the default command).
+    Serve(ServeArgs),
+    /// List committed checkpoints.
+    List(StoreArg),
+    /// Show ingest statistics of the store or of one checkpoint.
+    Stats {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        checkpoint: Option<u64>,
+    },
+    /// Write a checkpoint as CRIU pagemap-*.img + pages-*.img files.
+    Export {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        checkpoint: u64,
+        /// Output image directory.
+        #[arg(short = 'D', long = "images-dir")]
+        out: PathBuf,
+        /// Make OUT/parent a symlink to this path (for checkpoints with a parent).
+        #[arg(long)]
+        parent_link: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct StoreArg {
+    /// Page store directory.
+    #[arg(long)]
+    store: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Page store directory (created if missing).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Serve one session, then exit with its result (like `criu page-server`).
+    #[arg(long)]
+    single_session: bool,
+    /// Parent of a new checkpoint when the client does not choose one.
+    #[arg(long, value_enum, default_value_t = ParentArg::None)]
+    parent: ParentArg,
+    /// Checkpoint GET requests read from (default: the newest).
+    #[arg(long)]
+    serve_checkpoint: Option<u64>,
+    /// zstd level for new pages.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    zstd_level: i32,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ParentArg {
+    None,
+    Latest,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve),
+        Some(Cmd::Serve(args)) => serve(args),
+        Some(Cmd::List(s)) => list(s),
+        Some(Cmd::Stats { store, checkpoint }) => stats(store, checkpoint),
+        Some(Cmd::Export {
+            store,
+            checkpoint,
+            out,
+            parent_link,
+        }) => {
+            let st = Store::open_read_only(&store.store)
+                .with_context(|| format!("opening store {}", store.store.display()))?;
+            let summary = export_checkpoint(&st, checkpoint, &out, &ExportOptions { parent_link })?;
+            println!(
+                "exported checkpoint {checkpoint}: {} files, {} pages, {} pages left as holes",
+                summary.files.len(),
+                summary.pages,
+                summary.hole_pages
+            );
+            Ok(())
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let Some(dir) = args.store else {
+        bail!("--store DIR is required to serve")
+    };
+    let store = Store::open_with_level(&dir, args.zstd_level)
+        .with_context(|| format!("opening store {}", dir.display()))?;
+    let config = Arc::new(ServerConfig {
+        store,
+        parent_policy: match args.parent {
+            ParentArg::None => ParentPolicy::None,
+            ParentArg::Latest => ParentPolicy::Latest,
+        },
+        serve_checkpoint: args.serve_checkpoint,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = server::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let local = listener.local_addr()?;
+        tracing::info!(listen = %local, store = %dir.display(), "page server ready");
+        // Tools that start us with port 0 read the real address from stdout.
+        println!("listening on {local}");
+        match server::serve(listener, config, args.single_session).await? {
+            Some(Ok(SessionEnd::Committed(info))) => {
+                println!("checkpoint {} committed", info.id);
+                Ok(())
+            }
+            Some(Ok(SessionEnd::Closed)) | None => Ok(()),
+            Some(Err(e)) => Err(anyhow::Error::new(e).context("session failed")),
+        }
+    })
+}
+
+fn list(s: StoreArg) -> anyhow::Result<()> {
+    let store = Store::open_read_only(&s.store)
+        .with_context(|| format!("opening store {}", s.store.display()))?;
+    println!(
+        "{:>6} {:>6} {:>8} {:>10} {:>10} peer",
+        "id", "parent", "pagemaps", "pages", "stored"
+    );
+    for c in store.list()? {
+        println!(
+            "{:>6} {:>6} {:>8} {:>10} {:>10} {}",
+            c.id,
+            c.parent.map_or("-".into(), |p| p.to_string()),
+            c.pagemaps,
+            c.stats.pages_received,
+            human(c.stats.stored_bytes),
+            c.peer
+        );
+    }
+    Ok(())
+}
+
+fn stats(s: StoreArg, checkpoint: Option<u64>) -> anyhow::Result<()> {
+    let store = Store::open_read_only(&s.store)
+        .with_context(|| format!("opening store {}", s.store.display()))?;
+    let cps: Vec<CheckpointInfo> = match checkpoint {
+        Some(id) => vec![store.checkpoint(id)?],
+        None => store.list()?,
+    };
+    for c in &cps {
+        let st = &c.stats;
+        println!("checkpoint {}", c.id);
+        println!("  pages received   {}", st.pages_received);
+        println!("  zero pages       {}", st.zero_pages);
+        println!("  deduplicated     {}", st.dedup_pages);
+        println!("  unique new pages {}", st.new_pages);
+        println!("  parent/lazy      {}/{}", st.parent_pages, st.lazy_pages);
+        println!("  raw bytes        {}", human(st.raw_bytes()));
+        println!("  stored bytes     {}", human(st.stored_bytes));
+        let dedup = st.pages_received as f64 / (st.new_pages.max(1)) as f64;
+        let compression = (st.new_pages * 4096) as f64 / st.stored_bytes.max(1) as f64;
+        println!("  dedup ratio      {dedup:.2}");
+        println!("  compression      {compression:.2}");
+        println!("  overall ratio    {:.2}", st.reduction_ratio());
+        println!(
+            "  ingest           {:.1} MiB/s over {:.3} s",
+            st.mib_per_s(),
+            st.seconds
+        );
+    }
+    if checkpoint.is_none() {
+        let t = store.totals()?;
+        println!(
+            "store: {} checkpoints, {} unique pages, {} in segments",
+            t.checkpoints,
+            t.unique_pages,
+            human(t.segment_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

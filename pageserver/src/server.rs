@@ -1,0 +1,685 @@
+//! The page server: accepts CRIU (and cryo) page-server connections and feeds the store.
+//!
+//! Each connection is one session, run as its own tokio task; many run at once. A session that
+//! sends pages is one checkpoint (see [`crate::store`]): it is committed when the client sends
+//! CLOSE, and CLOSE is answered only after the commit is durable. A session that only GETs
+//! commits nothing.
+//!
+//! The reactor only moves bytes. Hashing, compression and segment writes run on a blocking
+//! worker per session (which fans batches out over rayon); page batches reach it through a
+//! bounded channel, so a slow disk slows the socket reads instead of growing memory. Index
+//! reads (OPEN2's parent check, GET) go through `spawn_blocking`.
+//!
+//! A malformed or hostile stream — bad header, unknown command, a lying or absurd `nr_pages`,
+//! a peer that disconnects mid-page, pages for no open pagemap — ends only its own session,
+//! with the reason logged; its partial checkpoint is discarded.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use zerocopy::IntoBytes;
+use zerocopy::little_endian::{U32, U64};
+
+use crate::protocol::{
+    self, CRYO_EXT_VERSION, Command, DstId, HEADER_SIZE, HelloReply, PAGE_SIZE, PE_PARENT,
+    PE_PRESENT, ProtocolError, Request, WireHeader,
+};
+use crate::store::{CheckpointInfo, CheckpointWriter, Store, StoreError, StoredPagemap};
+
+/// Pages handed to the ingest worker at a time.
+pub const BATCH_PAGES: usize = 256;
+
+/// How a session's parent checkpoint is chosen when the client does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParentPolicy {
+    /// No parent: OPEN2 and PARENT answer 0, like a CRIU server without `--prev-images-dir`.
+    #[default]
+    None,
+    /// The newest checkpoint committed when the session starts.
+    Latest,
+}
+
+/// Server settings shared by all sessions.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub store: Arc<Store>,
+    pub parent_policy: ParentPolicy,
+    /// Checkpoint GETs read from when the client does not select one (`None` = latest).
+    pub serve_checkpoint: Option<u64>,
+}
+
+/// Why a session ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("peer {peer}: bad request header")]
+    Protocol {
+        peer: SocketAddr,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("peer {peer}: connection closed without CLOSE; the checkpoint is discarded")]
+    NoClose { peer: SocketAddr },
+    #[error("peer {peer}: disconnected in the middle of {missing} pages at vaddr {vaddr:#x}")]
+    Truncated {
+        peer: SocketAddr,
+        vaddr: u64,
+        missing: u64,
+    },
+    #[error("peer {peer}: socket I/O")]
+    Io {
+        peer: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("peer {peer}: {what} before any pagemap was opened")]
+    NoPagemap {
+        peer: SocketAddr,
+        what: &'static str,
+    },
+    #[error("peer {peer}: {what} is a cryo extension and the peer did not send HELLO")]
+    NotNegotiated {
+        peer: SocketAddr,
+        what: &'static str,
+    },
+    #[error("peer {peer}: GET pid {pid} vaddr {vaddr:#x}: no such page in checkpoint {checkpoint}")]
+    GetMissing {
+        peer: SocketAddr,
+        pid: u64,
+        vaddr: u64,
+        checkpoint: u64,
+    },
+    #[error("peer {peer}: GET with no checkpoint in the store")]
+    NothingToServe { peer: SocketAddr },
+    #[error("peer {peer}: checkpoint {checkpoint}: store")]
+    Store {
+        peer: SocketAddr,
+        checkpoint: u64,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// How a session ended normally.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// CLOSE committed this checkpoint.
+    Committed(CheckpointInfo),
+    /// CLOSE with nothing to commit (e.g. a GET-only session).
+    Closed,
+}
+
+enum Job {
+    Open(DstId),
+    Entry {
+        vaddr: u64,
+        nr_pages: u64,
+        flags: u32,
+    },
+    Pages(Vec<u8>),
+    Commit(oneshot::Sender<Result<CheckpointInfo, StoreError>>),
+}
+
+/// Accepts connections forever (or one, with `single_session`), one task per session.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    single_session: bool,
+) -> std::io::Result<Option<Result<SessionEnd, SessionError>>> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        tracing::info!(%peer, "session started");
+        let config = Arc::clone(&config);
+        let task = tokio::spawn(async move { handle_connection(stream, peer, &config).await });
+        if single_session {
+            return Ok(Some(task.await.expect("session task panicked")));
+        }
+    }
+}
+
+/// Runs one session on an accepted connection and logs how it ended.
+pub async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: &ServerConfig,
+) -> Result<SessionEnd, SessionError> {
+    let result = run_session(stream, peer, config).await;
+    log_end(peer, &result);
+    result
+}
+
+fn log_end(peer: SocketAddr, result: &Result<SessionEnd, SessionError>) {
+    match result {
+        Ok(SessionEnd::Committed(info)) => {
+            let s = &info.stats;
+            tracing::info!(
+                %peer,
+                checkpoint = info.id,
+                parent = ?info.parent,
+                pages = s.pages_received,
+                zero = s.zero_pages,
+                dedup = s.dedup_pages,
+                new = s.new_pages,
+                stored_bytes = s.stored_bytes,
+                ratio = format_args!("{:.2}", s.reduction_ratio()),
+                mib_per_s = format_args!("{:.1}", s.mib_per_s()),
+                "checkpoint committed"
+            );
+        }
+        Ok(SessionEnd::Closed) => tracing::info!(%peer, "session closed"),
+        Err(e) => {
+            let chain = error_chain(e);
+            tracing::warn!(%peer, reason = %chain, "session aborted");
+        }
+    }
+}
+
+/// Renders an error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+struct Session<'a> {
+    peer: SocketAddr,
+    config: &'a ServerConfig,
+    stream: TcpStream,
+    cryo: bool,
+    checkpoint: Option<u64>,
+    parent: Option<u64>,
+    parent_chosen: bool,
+    jobs: Option<mpsc::Sender<Job>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+    free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    current: Option<DstId>,
+    read_from: Option<u64>,
+    pagemap_cache: HashMap<(u64, DstId), Option<Arc<StoredPagemap>>>,
+}
+
+async fn run_session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: &ServerConfig,
+) -> Result<SessionEnd, SessionError> {
+    let _ = stream.set_nodelay(true);
+    let mut s = Session {
+        peer,
+        config,
+        stream,
+        cryo: false,
+        checkpoint: None,
+        parent: None,
+        parent_chosen: false,
+        jobs: None,
+        worker: None,
+        free: Arc::default(),
+        current: None,
+        read_from: None,
+        pagemap_cache: HashMap::new(),
+    };
+    let result = s.run().await;
+    // Dropping the job sender ends the worker; its writer (if not committed) removes its segment.
+    s.jobs = None;
+    if let Some(w) = s.worker.take() {
+        let _ = w.await;
+    }
+    result
+}
+
+impl Session<'_> {
+    async fn run(&mut self) -> Result<SessionEnd, SessionError> {
+        loop {
+            let mut head = [0u8; HEADER_SIZE];
+            match read_full(&mut self.stream, &mut head).await {
+                Ok(0) => return Err(SessionError::NoClose { peer: self.peer }),
+                Ok(n) if n < HEADER_SIZE => return Err(SessionError::NoClose { peer: self.peer }),
+                Ok(_) => {}
+                Err(source) => {
+                    return Err(SessionError::Io {
+                        peer: self.peer,
+                        source,
+                    });
+                }
+            }
+            let req = protocol::parse_header(&head).map_err(|source| SessionError::Protocol {
+                peer: self.peer,
+                source,
+            })?;
+            tracing::trace!(peer = %self.peer, ?req, "request");
+            if let Some(end) = self.handle(req).await? {
+                return Ok(end);
+            }
+        }
+    }
+
+    async fn handle(&mut self, req: Request) -> Result<Option<SessionEnd>, SessionError> {
+        match req.command {
+            Command::Open => self.open(self.dst(&req)?).await?,
+            Command::Open2 => {
+                let dst = self.dst(&req)?;
+                self.open(dst).await?;
+                let has = self.parent_has(dst).await?;
+                self.reply(&[u8::from(has)]).await?;
+            }
+            Command::Parent => {
+                let has = self.parent_has(self.dst(&req)?).await?;
+                self.reply(&i32::from(has).to_le_bytes()).await?;
+            }
+            Command::Add | Command::Hole | Command::AddF { .. } => self.entry(req).await?,
+            Command::Get => self.get(req).await?,
+            Command::Close | Command::ForceClose => return self.close().await.map(Some),
+            Command::CryoHello => {
+                self.cryo = true;
+                self.ensure_checkpoint().await?;
+                let reply = HelloReply {
+                    version: U32::new(CRYO_EXT_VERSION),
+                    reserved: U32::new(0),
+                    checkpoint_id: U64::new(self.checkpoint.unwrap_or(0)),
+                };
+                self.reply(reply.as_bytes()).await?;
+            }
+            Command::CryoSetParent => {
+                self.require_cryo("SET_PARENT")?;
+                let found = self.choose_parent(req.dst_id).await?;
+                self.reply(&u32::from(!found).to_le_bytes()).await?;
+            }
+            Command::CryoUseCheckpoint => {
+                self.require_cryo("USE_CHECKPOINT")?;
+                let store = Arc::clone(&self.config.store);
+                let id = req.dst_id;
+                let found = self
+                    .blocking(move || match id {
+                        u64::MAX => store.latest().map(|l| l.map(|c| c.id)),
+                        id => store
+                            .checkpoint(id)
+                            .map(|c| Some(c.id))
+                            .or_else(|e| match e {
+                                StoreError::NoCheckpoint { .. } => Ok(None),
+                                e => Err(e),
+                            }),
+                    })
+                    .await?;
+                if found.is_some() {
+                    self.read_from = found;
+                }
+                self.reply(&u32::from(found.is_none()).to_le_bytes())
+                    .await?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn dst(&self, req: &Request) -> Result<DstId, SessionError> {
+        req.dst().map_err(|source| SessionError::Protocol {
+            peer: self.peer,
+            source,
+        })
+    }
+
+    fn require_cryo(&self, what: &'static str) -> Result<(), SessionError> {
+        if self.cryo {
+            Ok(())
+        } else {
+            Err(SessionError::NotNegotiated {
+                peer: self.peer,
+                what,
+            })
+        }
+    }
+
+    async fn reply(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|source| SessionError::Io {
+                peer: self.peer,
+                source,
+            })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, SessionError> {
+        let checkpoint = self.checkpoint.unwrap_or(0);
+        tokio::task::spawn_blocking(f)
+            .await
+            .expect("store task panicked")
+            .map_err(|source| SessionError::Store {
+                peer: self.peer,
+                checkpoint,
+                source,
+            })
+    }
+
+    /// Picks the parent: `raw` 0 = none, `u64::MAX` = latest, else that id. Returns whether
+    /// the requested parent exists.
+    async fn choose_parent(&mut self, raw: u64) -> Result<bool, SessionError> {
+        let store = Arc::clone(&self.config.store);
+        let parent = self
+            .blocking(move || match raw {
+                0 => Ok(Some(None)),
+                u64::MAX => store.latest().map(|l| Some(l.map(|c| c.id))),
+                id => match store.checkpoint(id) {
+                    Ok(c) => Ok(Some(Some(c.id))),
+                    Err(StoreError::NoCheckpoint { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                },
+            })
+            .await?;
+        let Some(parent) = parent else {
+            return Ok(false);
+        };
+        self.parent = parent;
+        self.parent_chosen = true;
+        Ok(true)
+    }
+
+    async fn ensure_checkpoint(&mut self) -> Result<(), SessionError> {
+        if self.jobs.is_some() {
+            return Ok(());
+        }
+        if !self.parent_chosen && self.config.parent_policy == ParentPolicy::Latest {
+            self.choose_parent(u64::MAX).await?;
+        }
+        let writer = self
+            .config
+            .store
+            .begin_checkpoint(self.parent, self.peer.to_string())
+            .map_err(|source| SessionError::Store {
+                peer: self.peer,
+                checkpoint: 0,
+                source,
+            })?;
+        self.checkpoint = Some(writer.id());
+        let (tx, rx) = mpsc::channel(4);
+        let free = Arc::clone(&self.free);
+        self.worker = Some(tokio::task::spawn_blocking(move || {
+            ingest_worker(writer, rx, free)
+        }));
+        self.jobs = Some(tx);
+        Ok(())
+    }
+
+    async fn send(&mut self, job: Job) -> Result<(), SessionError> {
+        let jobs = self.jobs.as_ref().expect("checkpoint started before jobs");
+        if jobs.send(job).await.is_err() {
+            // The worker stopped after a store error; the commit reports it.
+            tracing::debug!(peer = %self.peer, "ingest worker gone");
+        }
+        Ok(())
+    }
+
+    async fn open(&mut self, dst: DstId) -> Result<(), SessionError> {
+        self.ensure_checkpoint().await?;
+        self.current = Some(dst);
+        self.send(Job::Open(dst)).await
+    }
+
+    async fn parent_has(&mut self, dst: DstId) -> Result<bool, SessionError> {
+        if !self.parent_chosen && self.config.parent_policy == ParentPolicy::Latest {
+            self.choose_parent(u64::MAX).await?;
+        }
+        let Some(parent) = self.parent else {
+            return Ok(false);
+        };
+        let store = Arc::clone(&self.config.store);
+        self.blocking(move || store.pagemap(parent, dst).map(|p| p.is_some()))
+            .await
+    }
+
+    async fn entry(&mut self, req: Request) -> Result<(), SessionError> {
+        let dst = self.dst(&req)?;
+        if self.current != Some(dst) {
+            // CRIU's server opens implicitly too ("IO w/o open").
+            tracing::debug!(peer = %self.peer, ?dst, "entry without OPEN; opening implicitly");
+            self.open(dst).await?;
+        }
+        let flags = req.command.entry_flags().expect("entry command");
+        self.send(Job::Entry {
+            vaddr: req.vaddr,
+            nr_pages: req.nr_pages,
+            flags,
+        })
+        .await?;
+        if flags & PE_PRESENT == 0 {
+            return Ok(());
+        }
+
+        let mut left = req.nr_pages;
+        while left > 0 {
+            let n = left.min(BATCH_PAGES as u64) as usize;
+            let mut buf = self
+                .free
+                .lock()
+                .expect("buffer pool poisoned")
+                .pop()
+                .unwrap_or_default();
+            buf.resize(n * PAGE_SIZE, 0);
+            let got = read_full(&mut self.stream, &mut buf)
+                .await
+                .map_err(|source| SessionError::Io {
+                    peer: self.peer,
+                    source,
+                })?;
+            if got < buf.len() {
+                let done = (req.nr_pages - left) + (got / PAGE_SIZE) as u64;
+                let vaddr = req.vaddr + done * PAGE_SIZE as u64;
+                return Err(SessionError::Truncated {
+                    peer: self.peer,
+                    vaddr,
+                    missing: req.nr_pages - done,
+                });
+            }
+            self.send(Job::Pages(buf)).await?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<SessionEnd, SessionError> {
+        let end = match self.jobs.take() {
+            None => {
+                self.reply(&0i32.to_le_bytes()).await?;
+                SessionEnd::Closed
+            }
+            Some(jobs) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = jobs.send(Job::Commit(tx)).await;
+                drop(jobs);
+                let checkpoint = self.checkpoint.unwrap_or(0);
+                let committed = rx
+                    .await
+                    .unwrap_or(Err(StoreError::NoCheckpoint { checkpoint }));
+                match committed {
+                    Ok(info) => {
+                        self.reply(&0i32.to_le_bytes()).await?;
+                        SessionEnd::Committed(info)
+                    }
+                    Err(source) => {
+                        // Tell the client the checkpoint is not safe, then report why.
+                        let _ = self.reply(&(-1i32).to_le_bytes()).await;
+                        return Err(SessionError::Store {
+                            peer: self.peer,
+                            checkpoint,
+                            source,
+                        });
+                    }
+                }
+            }
+        };
+
+        // Like CRIU's server, wait briefly for the peer to close first.
+        let mut sink = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.read(&mut sink)).await;
+        Ok(end)
+    }
+
+    async fn get(&mut self, req: Request) -> Result<(), SessionError> {
+        let checkpoint = match self.read_from.or(self.config.serve_checkpoint) {
+            Some(c) => c,
+            None => {
+                let store = Arc::clone(&self.config.store);
+                let latest = self.blocking(move || store.latest()).await?;
+                let id = latest
+                    .ok_or(SessionError::NothingToServe { peer: self.peer })?
+                    .id;
+                self.read_from = Some(id);
+                id
+            }
+        };
+        let pid = req.dst_id;
+        let found = self
+            .find_pages(checkpoint, pid, req.vaddr, req.nr_pages)
+            .await?;
+        let Some((refs, at_checkpoint)) = found else {
+            if self.cryo {
+                // Negotiated clients understand an empty answer.
+                let head = WireHeader::new(protocol::add_f_word(PE_PRESENT), 0, req.vaddr, pid);
+                return self.reply(head.as_bytes()).await;
+            }
+            return Err(SessionError::GetMissing {
+                peer: self.peer,
+                pid,
+                vaddr: req.vaddr,
+                checkpoint,
+            });
+        };
+
+        let store = Arc::clone(&self.config.store);
+        let n = refs.len();
+        let data = self
+            .blocking(move || {
+                let mut out = vec![0u8; n * PAGE_SIZE];
+                store.read_pages(&refs, &mut out).map(|()| out)
+            })
+            .await
+            .map_err(|e| match e {
+                SessionError::Store { peer, source, .. } => SessionError::Store {
+                    peer,
+                    checkpoint: at_checkpoint,
+                    source,
+                },
+                e => e,
+            })?;
+        let head = WireHeader::new(protocol::add_f_word(PE_PRESENT), n as u64, req.vaddr, pid);
+        self.reply(head.as_bytes()).await?;
+        self.reply(&data).await
+    }
+
+    /// Finds up to `nr` pages at `vaddr`, following PE_PARENT holes up the parent chain.
+    async fn find_pages(
+        &mut self,
+        mut checkpoint: u64,
+        pid: u64,
+        vaddr: u64,
+        nr: u64,
+    ) -> Result<Option<(Vec<u64>, u64)>, SessionError> {
+        let dst = DstId::pid(pid);
+        for _ in 0..1024 {
+            let Some(pm) = self.cached_pagemap(checkpoint, dst).await? else {
+                return Ok(None);
+            };
+            let Some(at) = pm.locate(vaddr) else {
+                return Ok(None);
+            };
+            if let Some(ri) = at.ref_index {
+                let n = nr.min(at.pages_left) as usize;
+                let ri = ri as usize;
+                return Ok(Some((pm.refs[ri..ri + n].to_vec(), checkpoint)));
+            }
+            if at.flags & PE_PARENT == 0 {
+                return Ok(None);
+            }
+            let store = Arc::clone(&self.config.store);
+            let info = self.blocking(move || store.checkpoint(checkpoint)).await?;
+            match info.parent {
+                Some(p) => checkpoint = p,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn cached_pagemap(
+        &mut self,
+        checkpoint: u64,
+        dst: DstId,
+    ) -> Result<Option<Arc<StoredPagemap>>, SessionError> {
+        if let Some(p) = self.pagemap_cache.get(&(checkpoint, dst)) {
+            return Ok(p.clone());
+        }
+        let store = Arc::clone(&self.config.store);
+        let pm = self
+            .blocking(move || store.pagemap(checkpoint, dst))
+            .await?
+            .map(Arc::new);
+        self.pagemap_cache.insert((checkpoint, dst), pm.clone());
+        Ok(pm)
+    }
+}
+
+/// Runs on a blocking thread: applies the session's jobs to its checkpoint writer.
+fn ingest_worker(
+    mut writer: CheckpointWriter,
+    mut jobs: mpsc::Receiver<Job>,
+    free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    let mut failed: Option<StoreError> = None;
+    while let Some(job) = jobs.blocking_recv() {
+        match job {
+            Job::Open(dst) => writer.open_pagemap(dst),
+            Job::Entry {
+                vaddr,
+                nr_pages,
+                flags,
+            } => writer.add_entry(vaddr, nr_pages, flags),
+            Job::Pages(buf) => {
+                if failed.is_none()
+                    && let Err(e) = writer.add_pages(&buf)
+                {
+                    failed = Some(e);
+                }
+                let mut pool = free.lock().expect("buffer pool poisoned");
+                if pool.len() < 8 {
+                    pool.push(buf);
+                }
+            }
+            Job::Commit(reply) => {
+                let result = match failed.take() {
+                    Some(e) => Err(e),
+                    None => writer.commit(),
+                };
+                let _ = reply.send(result);
+                return;
+            }
+        }
+    }
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read.
+async fn read_full(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match stream.read(&mut buf[got..]).await? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// Binds a listener (helper for binaries and tests).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
