@@ -1,1 +1,55 @@
-fn main() {}
+//! imgtool: the offline analyser of CRIU-format image sets.
+//!
+//! One subcommand per file under `cmd/`; this file only parses the command line, sets up
+//! logging (RUST_LOG) and prints errors as a chain with exit code 1.
+
+mod cmd;
+mod json;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgtool",
+    version,
+    about = "Offline analyser of CRIU-format image sets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Decode(cmd::decode::Args),
+    Encode(cmd::encode::Args),
+    Show(cmd::show::Args),
+    Info(cmd::info::Args),
+    X(cmd::x::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Decode(args) => cmd::decode::run(args),
+        Command::Encode(args) => cmd::encode::run(args),
+        Command::Show(args) => cmd::show::run(args),
+        Command::Info(args) => cmd::info::run(args),
+        Command::X(args) => cmd::x::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("imgtool: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
