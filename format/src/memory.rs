@@ -204,8 +204,10 @@ impl MemoryView {
                     dir: dir.to_path_buf(),
                 });
             }
+            // Continue from the resolved path: nested `parent/parent/...` would hit the
+            // kernel's limit on symlinks per lookup (40) long before our depth limit.
+            layers.push(Layer::open(&real, id)?);
             seen.push(real);
-            layers.push(Layer::open(&parent, id)?);
         }
         Ok(MemoryView { layers })
     }
