@@ -114,6 +114,7 @@ pub enum SessionEnd {
 }
 
 enum Job {
+    SetParent(Option<u64>),
     Open(DstId),
     Entry {
         vaddr: u64,
@@ -382,6 +383,9 @@ impl Session<'_> {
         };
         self.parent = parent;
         self.parent_chosen = true;
+        if self.jobs.is_some() {
+            self.send(Job::SetParent(parent)).await?;
+        }
         Ok(true)
     }
 
@@ -583,7 +587,7 @@ impl Session<'_> {
         mut checkpoint: u64,
         pid: u64,
         vaddr: u64,
-        nr: u64,
+        mut nr: u64,
     ) -> Result<Option<(Vec<u64>, u64)>, SessionError> {
         let dst = DstId::pid(pid);
         for _ in 0..1024 {
@@ -593,11 +597,13 @@ impl Session<'_> {
             let Some(at) = pm.locate(vaddr) else {
                 return Ok(None);
             };
+            // A hole in the child may be shorter than the parent's entry.
+            let nr_here = nr.min(at.pages_left);
             if let Some(ri) = at.ref_index {
-                let n = nr.min(at.pages_left) as usize;
-                let ri = ri as usize;
+                let (ri, n) = (ri as usize, nr_here as usize);
                 return Ok(Some((pm.refs[ri..ri + n].to_vec(), checkpoint)));
             }
+            nr = nr_here;
             if at.flags & PE_PARENT == 0 {
                 return Ok(None);
             }
@@ -638,6 +644,7 @@ fn ingest_worker(
     let mut failed: Option<StoreError> = None;
     while let Some(job) = jobs.blocking_recv() {
         match job {
+            Job::SetParent(parent) => writer.set_parent(parent),
             Job::Open(dst) => writer.open_pagemap(dst),
             Job::Entry {
                 vaddr,

@@ -111,6 +111,11 @@ impl CheckpointWriter {
         self.parent
     }
 
+    /// Changes the checkpoint whose pages this one's holes refer to.
+    pub fn set_parent(&mut self, parent: Option<u64>) {
+        self.parent = parent;
+    }
+
     /// Whether anything was opened or sent (an empty session commits nothing).
     pub fn is_empty(&self) -> bool {
         self.pagemaps.is_empty()
