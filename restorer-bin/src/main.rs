@@ -26,6 +26,7 @@ mod regs;
 mod restore;
 mod spawn;
 mod thread;
+mod timens;
 mod waiter;
 
 use std::path::PathBuf;

@@ -57,6 +57,8 @@ pub enum RestoreError {
         #[source]
         source: InjectError,
     },
+    #[error(transparent)]
+    Timens(#[from] crate::timens::TimensError),
     #[error("path {0} contains a NUL byte")]
     NulInPath(String),
 }
@@ -117,6 +119,9 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
                 .map_err(|source| RestoreError::Pages { pid: p.pid, source })
         })
         .collect::<Result<Vec<_>, _>>()?;
+
+    let set = cryo_format::ImageSet::open(opts.dir).map_err(PlanError::from)?;
+    crate::timens::enter(&set)?;
 
     let fd_base = fd_base(&plan);
     raise_nofile(fd_base);
