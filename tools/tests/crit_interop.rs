@@ -74,3 +74,79 @@ fn python_crit_decodes_every_image_imgtool_encodes() {
         "only {identical} images compared byte for byte"
     );
 }
+
+#[test]
+fn explorers_print_what_python_crit_prints() {
+    if !Path::new(CRIT).exists() {
+        eprintln!("skipped: {CRIT} is not installed");
+        return;
+    }
+    for set in fixture_sets() {
+        for what in ["ps", "fds", "mems"] {
+            let args = ["x".as_ref(), set.as_os_str(), what.as_ref()];
+            let theirs = run_program(Path::new(CRIT), &args, None);
+            assert!(
+                theirs.status.success(),
+                "crit x {what} failed on {}",
+                set.display()
+            );
+            let ours = imgtool_ok(&args, None);
+            assert!(
+                ours.stdout == theirs.stdout,
+                "x {what} on {} differs from crit:\n{}\n---\n{}",
+                set.display(),
+                String::from_utf8_lossy(&ours.stdout),
+                String::from_utf8_lossy(&theirs.stdout)
+            );
+        }
+    }
+}
+
+/// crit 3.17 reads page counts from field 2 only (CRIU < 4.2); rewrite each set's pagemaps
+/// that way so both tools see the same counts, then compare `x rss`.
+#[test]
+fn x_rss_matches_python_crit_on_compat_pagemaps() {
+    if !Path::new(CRIT).exists() {
+        eprintln!("skipped: {CRIT} is not installed");
+        return;
+    }
+    for set in fixture_sets() {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&set).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            let target = copy.path().join(&name);
+            if !name.starts_with("pagemap-") {
+                std::fs::copy(&path, &target).unwrap();
+                continue;
+            }
+            let json =
+                imgtool_ok(&["decode".as_ref(), "-i".as_ref(), path.as_os_str()], None).stdout;
+            let mut doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            for e in doc["entries"].as_array_mut().unwrap().iter_mut().skip(1) {
+                let e = e.as_object_mut().unwrap();
+                let n = e.remove("nr_pages").unwrap();
+                e.insert("compat_nr_pages".into(), n);
+            }
+            let text = serde_json::to_vec(&doc).unwrap();
+            imgtool_ok(
+                &["encode".as_ref(), "-o".as_ref(), target.as_os_str()],
+                Some(&text),
+            );
+        }
+
+        let args = ["x".as_ref(), copy.path().as_os_str(), "rss".as_ref()];
+        let theirs = run_program(Path::new(CRIT), &args, None);
+        assert!(
+            theirs.status.success(),
+            "crit x rss failed on {}",
+            set.display()
+        );
+        let ours = imgtool_ok(&args, None);
+        assert!(
+            ours.stdout == theirs.stdout,
+            "x rss on {} differs from crit",
+            set.display()
+        );
+    }
+}
