@@ -3,6 +3,7 @@
 //! One subcommand per file under `cmd/`; this file only parses the command line, sets up
 //! logging (RUST_LOG) and prints errors as a chain with exit code 1.
 
+mod analyse;
 mod cmd;
 mod json;
 
@@ -29,6 +30,9 @@ enum Command {
     Show(cmd::show::Args),
     Info(cmd::info::Args),
     X(cmd::x::Args),
+    Diff(cmd::diff::DiffArgs),
+    Validate(cmd::validate::ValidateArgs),
+    Mem(cmd::mem::MemArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,9 @@ fn main() -> ExitCode {
         Command::Show(args) => cmd::show::run(args),
         Command::Info(args) => cmd::info::run(args),
         Command::X(args) => cmd::x::run(args),
+        Command::Diff(args) => cmd::diff::run(args),
+        Command::Validate(args) => cmd::validate::run(args),
+        Command::Mem(args) => cmd::mem::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

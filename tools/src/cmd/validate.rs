@@ -23,8 +23,8 @@ pub struct ValidateArgs {
     pub json: bool,
 }
 
-/// Runs the validation; returns whether the set is sound.
-pub fn run(args: &ValidateArgs) -> anyhow::Result<bool> {
+/// Runs the validation; an unsound set is an error (exit status 1) after the listing.
+pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
     let report = validate_dir(&args.dir);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -46,5 +46,12 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<bool> {
             );
         }
     }
-    Ok(report.is_sound())
+    if !report.is_sound() {
+        anyhow::bail!(
+            "{}: {} problem(s) found",
+            args.dir.display(),
+            report.problems.len()
+        );
+    }
+    Ok(())
 }
