@@ -1,0 +1,342 @@
+//! The dump of a whole tree: freeze, collect, write, then kill or resume.
+//!
+//! Order matters for the promises the dumper makes:
+//!
+//! 1. The tree is frozen ([`FrozenTree`]); from here any error detaches everything.
+//! 2. Per process: fds and VMAs are read *before* the parasite is planted (so its own
+//!    pipe and scratch mapping never appear in the image), then the parasite collects
+//!    what only the task knows and streams the pages out, and is cured.
+//! 3. Every image except the inventory is committed; the inventory is written last and
+//!    marks the set complete.
+//! 4. Only then is the tree killed (default) or released (`leave_running`).
+//!
+//! If anything fails before step 3 ends, the images written so far are removed, the
+//! parasite is cured and the tree is detached, untouched.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cryo_format::schema::{FdinfoEntry, FsEntry, InventoryEntry, MmEntry, PstreeEntry, VmaEntry};
+use cryo_format::{ImageSet, ImageSetError, PagemapId, PagesWriteError};
+use thiserror::Error;
+
+use crate::files::{FileTable, FilesError};
+use crate::ids::IdTable;
+use crate::pages::{self, ImageSink, PageSink, PagesError};
+use crate::parasite::{Parasite, ParasiteError};
+use crate::remote::{self, RemoteError, RemoteThread};
+use crate::task::{self, TaskError};
+use crate::tree::{FreezeError, FrozenTree, TaskInfo};
+use crate::vma::{self, SmapsError};
+
+/// Capacity of the page pipe (the default `/proc/sys/fs/pipe-max-size`).
+const PAGE_PIPE_CAPACITY: usize = 1 << 20;
+
+/// What to dump and how.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// Root of the tree.
+    pub pid: i32,
+    /// Image directory (created if missing; must not hold a complete dump).
+    pub dir: PathBuf,
+    /// Resume the tree after the dump instead of killing it.
+    pub leave_running: bool,
+    /// The tree is a shell job (its terminal is not part of the dump).
+    pub shell_job: bool,
+}
+
+/// Figures of a finished dump.
+#[derive(Debug, Clone)]
+pub struct DumpSummary {
+    pub processes: usize,
+    pub threads: usize,
+    pub pages_written: u64,
+    /// From the first seize to the release (or kill) of the tree.
+    pub frozen: Duration,
+    /// Time spent moving pages out of the tree.
+    pub memdump: Duration,
+    pub total: Duration,
+}
+
+/// A failed dump. The tree has been left running and no inventory was written.
+#[derive(Debug, Error)]
+pub enum DumpError {
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    Pages(#[from] PagesError),
+    #[error(transparent)]
+    Parasite(#[from] ParasiteError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Smaps(#[from] SmapsError),
+    #[error(transparent)]
+    Images(#[from] ImageSetError),
+    #[error(transparent)]
+    PagesImage(#[from] PagesWriteError),
+    #[error("process {pid}: cannot read {what}")]
+    Proc {
+        pid: i32,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("process {pid}: {what} is not supported")]
+    Unsupported { pid: i32, what: String },
+}
+
+/// Removes written images unless disarmed (a failed dump leaves no half set behind).
+struct Cleanup {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".img") || name.ends_with(".cryo-tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn read_link(pid: i32, what: &str) -> Result<String, DumpError> {
+    std::fs::read_link(format!("/proc/{pid}/{what}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|source| DumpError::Proc {
+            pid,
+            what: what.to_string(),
+            source,
+        })
+}
+
+/// Dumps the tree rooted at `opts.pid` into `opts.dir`.
+pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
+    let started = Instant::now();
+    let set = ImageSet::create(&opts.dir)?;
+    let mut cleanup = Cleanup {
+        dir: opts.dir.clone(),
+        armed: true,
+    };
+
+    let tree = FrozenTree::freeze(opts.pid)?;
+    let frozen_at = Instant::now();
+    tracing::info!(
+        pid = opts.pid,
+        processes = tree.tasks().len(),
+        "tree frozen"
+    );
+
+    let mut files = FileTable::new();
+    let mut ids = IdTable::new();
+    let mut dumped_tables: Vec<u32> = Vec::new();
+    let mut pages_written = 0;
+    let mut memdump = Duration::ZERO;
+    let mut threads = 0;
+
+    for (idx, info) in tree.tasks().iter().enumerate() {
+        let pages_id = idx as u32 + 1;
+        let out = dump_process(
+            info,
+            pages_id,
+            &set,
+            &mut files,
+            &mut ids,
+            &mut dumped_tables,
+        )?;
+        pages_written += out.0;
+        memdump += out.1;
+        threads += info.threads.len();
+    }
+
+    let pstree: Vec<PstreeEntry> = tree
+        .tasks()
+        .iter()
+        .map(|t| PstreeEntry {
+            pid: t.pid as u32,
+            ppid: t.ppid as u32,
+            pgid: t.pgid as u32,
+            sid: t.sid as u32,
+            threads: t.threads.iter().map(|&t| t as u32).collect(),
+        })
+        .collect();
+    set.write_pstree(&pstree)?;
+    set.write_files(files.files())?;
+    let pipes = files.pipes();
+    if !pipes.is_empty() {
+        let data: Vec<_> = pipes
+            .iter()
+            .map(|p| (p.entry, p.bytes.as_slice()))
+            .collect();
+        set.write_pipes_data(&data)?;
+    }
+
+    let inventory = InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(ids.root_ids()),
+        ns_per_id: Some(true),
+        lsmtype: Some(0),
+        ..InventoryEntry::default()
+    };
+    set.finish(&inventory)?;
+    cleanup.armed = false;
+
+    let processes = tree.tasks().len();
+    if opts.leave_running {
+        tree.release();
+    } else {
+        tree.kill();
+    }
+    let frozen = frozen_at.elapsed();
+    tracing::info!(
+        pid = opts.pid,
+        processes,
+        pages_written,
+        frozen_ms = frozen.as_millis() as u64,
+        "dump complete"
+    );
+    Ok(DumpSummary {
+        processes,
+        threads,
+        pages_written,
+        frozen,
+        memdump,
+        total: started.elapsed(),
+    })
+}
+
+/// Dumps one frozen process; returns (pages written, time moving them).
+fn dump_process(
+    info: &TaskInfo,
+    pages_id: u32,
+    set: &cryo_format::ImageSetWriter,
+    files: &mut FileTable,
+    ids: &mut IdTable,
+    dumped_tables: &mut Vec<u32>,
+) -> Result<(u64, Duration), DumpError> {
+    let pid = info.pid;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|source| {
+        DumpError::Proc {
+            pid,
+            what: "smaps".into(),
+            source,
+        }
+    })?;
+    let vmas = vma::to_vmas(&vma::parse_smaps(pid, &smaps)?);
+    if let Some(v) = vmas.iter().find(|v| v.kind == vma::VmaKind::AnonShared) {
+        let what = format!("shared anonymous memory at {:#x}-{:#x}", v.start, v.end);
+        return Err(DumpError::Unsupported { pid, what });
+    }
+
+    let task_ids = ids.ids_of(pid);
+    let fds = files.dump_fds(pid)?;
+    let exe = read_link(pid, "exe")?;
+    let exe_file_id = files.path_id(&exe);
+    let vma_entries: Vec<VmaEntry> = vmas
+        .iter()
+        .map(|v| VmaEntry {
+            start: v.start,
+            end: v.end,
+            pgoff: v.pgoff,
+            shmid: v.file.as_deref().map_or(0, |f| files.path_id(f) as u64),
+            prot: v.prot,
+            flags: v.flags,
+            status: v.status,
+            fd: -1,
+            madv: (v.madv != 0).then_some(v.madv),
+            fdflags: v.fdflags,
+        })
+        .collect();
+    let cwd = files.path_id(&read_link(pid, "cwd")?);
+    let root = files.path_id(&read_link(pid, "root")?);
+    let layout = task::mm_layout(pid)?;
+    let auxv = task::saved_auxv(pid)?;
+    let runs = pages::select(pid, &vmas)?;
+
+    let syscall_ip = remote::find_syscall_insn(pid)?;
+    let leader = RemoteThread::new(pid, syscall_ip)?;
+    let mut parasite = Parasite::plant(pid, leader)?;
+    let remote_info = task::process_remote(&mut parasite)?;
+    let cores = task::cores(pid, &info.threads, &mut parasite, syscall_ip, &remote_info)?;
+
+    let mem_started = Instant::now();
+    parasite.open_page_pipe(PAGE_PIPE_CAPACITY)?;
+    let writer = set.pages(PagemapId::Pid(pid as u32), pages_id)?;
+    let mut sink = ImageSink {
+        writer,
+        name: format!("pages-{pages_id}.img"),
+    };
+    let moved = pages::transfer(&mut parasite, &runs, &mut sink as &mut dyn PageSink)?;
+    sink.writer.finish()?;
+    let memdump = mem_started.elapsed();
+    parasite.cure()?.restore()?;
+
+    for (tid, core) in &cores {
+        set.write_core(*tid as u32, core)?;
+    }
+    let mm = MmEntry {
+        mm_start_code: layout.start_code,
+        mm_end_code: layout.end_code,
+        mm_start_data: layout.start_data,
+        mm_end_data: layout.end_data,
+        mm_start_stack: layout.start_stack,
+        mm_start_brk: layout.start_brk,
+        mm_brk: remote_info.brk,
+        mm_arg_start: layout.arg_start,
+        mm_arg_end: layout.arg_end,
+        mm_env_start: layout.env_start,
+        mm_env_end: layout.env_end,
+        exe_file_id,
+        mm_saved_auxv: auxv,
+        vmas: vma_entries,
+        dumpable: Some(remote_info.dumpable),
+        aios: Vec::new(),
+        thp_disabled: Some(remote_info.thp_disabled),
+    };
+    set.write_mm(pid as u32, &mm)?;
+    set.write_ids(pid as u32, &task_ids)?;
+    set.write_fs(
+        pid as u32,
+        &FsEntry {
+            cwd_id: cwd,
+            root_id: root,
+            umask: Some(task::umask(pid)?),
+        },
+    )?;
+    if !dumped_tables.contains(&task_ids.files_id) {
+        dumped_tables.push(task_ids.files_id);
+        write_fdinfo(set, task_ids.files_id, &fds)?;
+    }
+    Ok((moved / pages::PAGE_SIZE, memdump))
+}
+
+fn write_fdinfo(
+    set: &cryo_format::ImageSetWriter,
+    files_id: u32,
+    fds: &[FdinfoEntry],
+) -> Result<(), DumpError> {
+    if !fds.is_empty() {
+        set.write_fdinfo(files_id, fds)?;
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds a complete image set (its inventory exists).
+pub fn is_complete(dir: &Path) -> bool {
+    dir.join("inventory.img").exists()
+}

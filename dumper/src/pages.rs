@@ -1,0 +1,308 @@
+//! Which pages to dump, and moving them out of the tracee.
+//!
+//! Selection uses the `PAGEMAP_SCAN` ioctl on `/proc/PID/pagemap`: per dumpable VMA it
+//! returns the ranges of pages that are present or swapped, and neither the shared zero
+//! page nor page-cache pages (a private file mapping's untouched pages come back from
+//! the file on restore; only its copied-on-write pages are dumped, as CRIU does). The
+//! vdso is the exception: its pages are kernel pages, dumped whole.
+//!
+//! Transfer: the tracee `vmsplice`s its own pages into the parasite's page pipe while a
+//! second dumper thread drains the pipe into a [`PageSink`] — the pages image file by
+//! `splice`, or a page-server socket. Page bytes never go through ptrace.
+
+use std::os::fd::AsRawFd;
+
+use thiserror::Error;
+
+use crate::parasite::{Parasite, ParasiteError};
+use crate::vma::{Vma, VmaKind};
+
+pub const PAGE_SIZE: u64 = 4096;
+
+/// `pagemap_entry.flags` bits.
+pub const PE_LAZY: u32 = 1 << 1;
+pub const PE_PRESENT: u32 = 1 << 2;
+
+const PAGE_IS_FILE: u64 = 1 << 2;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<PmScanArg>() == 96);
+const _: () = assert!(std::mem::size_of::<PageRegion>() == 24);
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | (96 << 16) | ((b'f' as libc::c_ulong) << 8) | 16;
+
+/// A failure while selecting or moving pages.
+#[derive(Debug, Error)]
+pub enum PagesError {
+    #[error("cannot open /proc/{pid}/pagemap")]
+    OpenPagemap {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("PAGEMAP_SCAN of {pid} over {start:#x}-{end:#x} failed")]
+    Scan {
+        pid: i32,
+        start: u64,
+        end: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parasite(#[from] ParasiteError),
+    #[error("writing pages of {pid} to {sink} failed")]
+    Sink {
+        pid: i32,
+        sink: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pages of {pid}: tracee moved {moved} bytes, sink took {taken}")]
+    Short { pid: i32, moved: u64, taken: u64 },
+}
+
+/// A run of pages that goes into the pages image as one pagemap entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    pub vaddr: u64,
+    pub nr_pages: u64,
+    /// `PE_PRESENT`, plus `PE_LAZY` for anonymous private memory.
+    pub flags: u32,
+}
+
+impl PageRun {
+    pub fn len(&self) -> u64 {
+        self.nr_pages * PAGE_SIZE
+    }
+    pub fn is_empty(&self) -> bool {
+        self.nr_pages == 0
+    }
+}
+
+/// Selects the pages of `vmas` to dump, in address order.
+pub fn select(pid: i32, vmas: &[Vma]) -> Result<Vec<PageRun>, PagesError> {
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))
+        .map_err(|source| PagesError::OpenPagemap { pid, source })?;
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut regions = vec![PageRegion::default(); 512];
+    for vma in vmas.iter().filter(|v| v.kind.dumps_pages()) {
+        let flags = if vma.kind.lazy() {
+            PE_PRESENT | PE_LAZY
+        } else {
+            PE_PRESENT
+        };
+        let skip = if vma.kind == VmaKind::Vdso {
+            0
+        } else {
+            PAGE_IS_FILE | PAGE_IS_PFNZERO
+        };
+        let mut start = vma.start;
+        while start < vma.end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                start,
+                end: vma.end,
+                vec: regions.as_mut_ptr() as u64,
+                vec_len: regions.len() as u64,
+                category_inverted: skip,
+                category_mask: skip,
+                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                ..PmScanArg::default()
+            };
+            // SAFETY: arg points at a correctly sized pm_scan_arg whose vec points at
+            // `regions` (vec_len entries), both alive for the call.
+            let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
+            if n < 0 {
+                let source = std::io::Error::last_os_error();
+                return Err(PagesError::Scan {
+                    pid,
+                    start,
+                    end: vma.end,
+                    source,
+                });
+            }
+            for r in &regions[..n as usize] {
+                push_run(&mut runs, r.start, (r.end - r.start) / PAGE_SIZE, flags);
+            }
+            if arg.walk_end <= start {
+                break;
+            }
+            start = arg.walk_end;
+        }
+    }
+    Ok(runs)
+}
+
+fn push_run(runs: &mut Vec<PageRun>, vaddr: u64, nr_pages: u64, flags: u32) {
+    if nr_pages == 0 {
+        return;
+    }
+    if let Some(last) = runs.last_mut()
+        && last.flags == flags
+        && last.vaddr + last.len() == vaddr
+    {
+        last.nr_pages += nr_pages;
+        return;
+    }
+    runs.push(PageRun {
+        vaddr,
+        nr_pages,
+        flags,
+    });
+}
+
+/// Where page bytes go. The drain thread calls [`PageSink::run`] once per run, in
+/// address order; the sink reads exactly `run.len()` bytes from `pipe`.
+pub trait PageSink: Send {
+    fn run(&mut self, run: &PageRun, pipe: &mut std::fs::File) -> std::io::Result<()>;
+    /// Name for error messages (a path or a peer address).
+    fn name(&self) -> String;
+}
+
+/// A sink into `pagemap-PID.img` + `pages-N.img` through the format crate's writer
+/// (which splices from the pipe into the pages file).
+#[derive(Debug)]
+pub struct ImageSink {
+    pub writer: cryo_format::PagesWriter,
+    pub name: String,
+}
+
+impl PageSink for ImageSink {
+    fn run(&mut self, run: &PageRun, pipe: &mut std::fs::File) -> std::io::Result<()> {
+        let lazy = run.flags & PE_LAZY != 0;
+        self.writer
+            .add_pages_from(run.vaddr, run.nr_pages, lazy, pipe)
+            .map_err(std::io::Error::other)
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Moves the pages of `runs` out of the parasite's process into `sink`.
+///
+/// The calling (tracing) thread drives `vmsplice` in the tracee; a scoped helper
+/// thread drains the pipe concurrently, so a 1 MiB pipe carries any amount. If the
+/// tracee side fails, the tracee's write end is closed so the drain sees EOF.
+pub fn transfer(
+    parasite: &mut Parasite,
+    runs: &[PageRun],
+    sink: &mut dyn PageSink,
+) -> Result<u64, PagesError> {
+    let pid = parasite.pid();
+    let total: u64 = runs.iter().map(PageRun::len).sum();
+    if total == 0 {
+        return Ok(0);
+    }
+    let sink_name = sink.name();
+    let pipe = parasite
+        .page_pipe()
+        .expect("open_page_pipe before transfer")
+        .try_clone()
+        .map_err(|source| PagesError::Sink {
+            pid,
+            sink: sink_name.clone(),
+            source,
+        })?;
+    let mut pipe = std::fs::File::from(pipe);
+    let iovs: Vec<(u64, u64)> = runs.iter().map(|r| (r.vaddr, r.len())).collect();
+
+    let (moved, drained) = std::thread::scope(|s| {
+        let drainer = s.spawn(|| runs.iter().try_for_each(|run| sink.run(run, &mut pipe)));
+        let moved = parasite.vmsplice(&iovs);
+        if !matches!(moved, Ok(m) if m == total) {
+            let _ = parasite.close_page_pipe();
+        }
+        (moved, drainer.join())
+    });
+    let moved = moved?;
+    match drained {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => {
+            return Err(PagesError::Sink {
+                pid,
+                sink: sink_name,
+                source,
+            });
+        }
+        Err(_) => {
+            let source = std::io::Error::other("page drain thread panicked");
+            return Err(PagesError::Sink {
+                pid,
+                sink: sink_name,
+                source,
+            });
+        }
+    }
+    if moved != total {
+        return Err(PagesError::Short {
+            pid,
+            moved,
+            taken: total,
+        });
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_runs_with_equal_flags_merge() {
+        let mut runs = Vec::new();
+        push_run(&mut runs, 0x1000, 2, PE_PRESENT);
+        push_run(&mut runs, 0x3000, 1, PE_PRESENT);
+        push_run(&mut runs, 0x4000, 1, PE_PRESENT | PE_LAZY);
+        push_run(&mut runs, 0x6000, 1, PE_PRESENT | PE_LAZY);
+        push_run(&mut runs, 0x7000, 0, PE_PRESENT);
+        assert_eq!(
+            runs,
+            vec![
+                PageRun {
+                    vaddr: 0x1000,
+                    nr_pages: 3,
+                    flags: PE_PRESENT
+                },
+                PageRun {
+                    vaddr: 0x4000,
+                    nr_pages: 1,
+                    flags: PE_PRESENT | PE_LAZY
+                },
+                PageRun {
+                    vaddr: 0x6000,
+                    nr_pages: 1,
+                    flags: PE_PRESENT | PE_LAZY
+                },
+            ]
+        );
+    }
+}
