@@ -121,9 +121,8 @@ pub fn open_all(plan: &RestorePlan, base: RawFd, shell_job: bool) -> Result<Open
                 if unsafe { libc::isatty(0) } != 1 {
                     return Err(FileError::NoTty { id });
                 }
-                let dup = nix::unistd::dup(std::os::fd::AsFd::as_fd(&std::io::stdin()))
-                    .map_err(|source| FileError::Dup { id, base, source })?;
-                dup
+                nix::unistd::dup(std::os::fd::AsFd::as_fd(&std::io::stdin()))
+                    .map_err(|source| FileError::Dup { id, base, source })?
             }
         };
         let high = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(base))

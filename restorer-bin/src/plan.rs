@@ -477,7 +477,7 @@ mod tests {
             plan.files[&fd3.file_id],
             FileSpec::Regular {
                 path: "/tmp/fx/counter.log".into(),
-                flags: (libc::O_WRONLY | libc::O_APPEND | libc::O_LARGEFILE) as u32,
+                flags: (libc::O_WRONLY | libc::O_APPEND) as u32 | 0o100000, // kernel O_LARGEFILE
                 pos: 78,
                 size: None
             }

@@ -373,8 +373,8 @@ fn fail(fd: RawFd, pid: i32, stage: Stage) -> ! {
 unsafe fn child_main(plan: &SpawnPlan, index: usize, report_fd: RawFd, parent: i32) -> ! {
     let node = &plan.nodes[index];
     let all: u64 = !0;
-    // SAFETY (whole block): raw system calls with arguments that live on this stack or
-    // in the plan, which this child's copy of memory holds unchanged.
+    // SAFETY: raw system calls with arguments that live on this stack or in the plan,
+    // which this child's copy of memory holds unchanged.
     unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
