@@ -1,0 +1,171 @@
+//! Helpers shared by the restorer's integration tests.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where CRIU's workloads ran when the fixture sets were dumped.
+pub const FX: &str = "/tmp/fx";
+
+pub fn restorer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_restorer"))
+}
+
+pub fn criu_set(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/criu-images")
+        .join(name)
+}
+
+/// An exclusive lock on one fixture set's pids and files, across test processes.
+pub struct SetLock(#[allow(dead_code)] File);
+
+pub fn lock_set(name: &str) -> SetLock {
+    fs::create_dir_all(FX).unwrap();
+    let file = File::create(format!("{FX}/.{name}.lock")).unwrap();
+    // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
+    let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(ret, 0, "flock");
+    SetLock(file)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a binary that
+/// another test is running is never written in place.
+fn install(path: &Path, bytes: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if fs::read(path).is_ok_and(|old| old == bytes) {
+        return;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, bytes).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// Puts the files a CRIU set had open back as they were at the dump: the workload
+/// binaries, the log (`logs/NAME.log`) and the stdout file of the recorded size.
+pub fn prepare_criu_files(name: &str, stdout_content: &[u8]) {
+    let workloads = criu_set("workloads");
+    for bin in ["mem", "pipe3"] {
+        install(
+            &Path::new(FX).join(bin),
+            &fs::read(workloads.join(bin)).unwrap(),
+            0o755,
+        );
+    }
+    let log = workloads.join(format!("logs/{name}.log"));
+    if log.exists() {
+        fs::copy(&log, format!("{FX}/{name}.log")).unwrap();
+    }
+    fs::write(format!("{FX}/{name}.out"), stdout_content).unwrap();
+}
+
+/// The first of `pids` that exists now, if any.
+pub fn taken(pids: &[i32]) -> Option<i32> {
+    pids.iter()
+        .copied()
+        .find(|p| Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// Runs a command to completion or kills it after `timeout`.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child, timeout)
+}
+
+pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "command timed out after {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Waits for a child's exit, killing it after `timeout`.
+pub fn wait_status(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("child did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Restores `dir` detached and checks that it succeeded; returns the root pid read
+/// from the pidfile.
+pub fn restore_detached(dir: &Path, extra: &[&str]) -> i32 {
+    let pidfile = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = restorer();
+    cmd.arg("restore")
+        .arg("-D")
+        .arg(dir)
+        .arg("-d")
+        .arg("--pidfile")
+        .arg(pidfile.path())
+        .args(extra)
+        .current_dir("/");
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "restore of {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::read_to_string(pidfile.path())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Lines of `log` after the first `skip` ones, waiting until there are at least `n`.
+pub fn wait_new_lines(log: &Path, skip: usize, n: usize, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().skip(skip).map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} got {} new lines in {timeout:?}, wanted {n}:\n{text}",
+            log.display(),
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn line_count(path: &Path) -> usize {
+    fs::read_to_string(path).unwrap_or_default().lines().count()
+}
+
+pub fn proc_status_field(pid: i32, name: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().split_whitespace().next()?.parse().ok())
+}
