@@ -30,7 +30,7 @@ pub(crate) fn check_parent(checker: &mut Checker, tree: &TreeFacts) {
             let Some(end) = entry.end() else {
                 continue; // reported by the memory layer
             };
-            let Some(chain) = chain.as_deref() else {
+            let Some(chain) = chain.as_deref().filter(|chain| !chain.is_empty()) else {
                 checker.report(
                     Rule::Parent,
                     &file,
