@@ -231,28 +231,10 @@ fn parent_link_to_itself_is_a_loop() {
     assert_only(&set, found("parent", "parent", None, None));
 }
 
-/// Turns the last pagemap entry (the stack, 4 pages) into a `PE_PARENT` hole and cuts its
-/// pages off the pages image, as an incremental dump over a parent would write it.
-fn make_last_entry_a_parent_hole(set: &SetCopy) {
-    let path = set.path("pagemap-13131.img");
-    let (head, mut entries) = read_pagemap(&path);
-    let last = entries.last_mut().unwrap();
-    let pages = last.nr_pages.unwrap();
-    last.flags = Some(PE_PARENT);
-    write_pagemap(&path, &head, &entries);
-
-    let file = OpenOptions::new()
-        .write(true)
-        .open(set.path("pages-1.img"))
-        .unwrap();
-    let len = file.metadata().unwrap().len();
-    file.set_len(len - pages * 4096).unwrap();
-}
-
 #[test]
 fn parent_hole_without_a_parent_is_reported() {
     let set = copy_set("counter");
-    make_last_entry_a_parent_hole(&set);
+    make_last_entry_a_parent_hole(&set, PID);
     assert_only(
         &set,
         found("parent", "pagemap-13131.img", Some(21), Some("flags")),
@@ -262,7 +244,7 @@ fn parent_hole_without_a_parent_is_reported() {
 #[test]
 fn parent_hole_resolved_by_the_parent_is_sound() {
     let set = copy_set("counter");
-    make_last_entry_a_parent_hole(&set);
+    make_last_entry_a_parent_hole(&set, PID);
     let parent = set.tmp.path().join("predump");
     copy_dir(&fixture("counter"), &parent);
     symlink("../predump", set.path("parent")).unwrap();
@@ -275,7 +257,7 @@ fn parent_hole_resolved_by_the_parent_is_sound() {
 #[test]
 fn parent_hole_the_parent_lacks_is_reported() {
     let set = copy_set("counter");
-    make_last_entry_a_parent_hole(&set);
+    make_last_entry_a_parent_hole(&set, PID);
     let parent = set.tmp.path().join("predump");
     copy_dir(&fixture("counter"), &parent);
     let (head, mut entries) = read_pagemap(&parent.join("pagemap-13131.img"));

@@ -206,3 +206,76 @@ pub fn found(rule: &str, file: &str, entry: Option<u64>, field: Option<&str>) ->
         field.map(str::to_owned),
     )
 }
+
+/// Turns the last pagemap entry of `pagemap-PID.img` into a `PE_PARENT` hole and cuts its
+/// pages off the end of the pages image, as an incremental dump over a parent writes it.
+pub fn make_last_entry_a_parent_hole(set: &SetCopy, pid: u32) {
+    let path = set.path(&format!("pagemap-{pid}.img"));
+    let (head, mut entries) = read_pagemap(&path);
+    let last = entries.last_mut().expect("pagemap has entries");
+    let pages = last.nr_pages.expect("CRIU 4.2 writes nr_pages");
+    last.flags = Some(cryo_format::pagemap::PE_PARENT);
+    write_pagemap(&path, &head, &entries);
+
+    let pages_path = set.path(&format!("pages-{}.img", head.pages_id));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(pages_path)
+        .expect("open pages image");
+    let len = file.metadata().expect("pages metadata").len();
+    file.set_len(len - pages * 4096)
+        .expect("truncate pages image");
+}
+
+fn hex_value(value: &Value) -> u64 {
+    match value {
+        Value::String(text) => u64::from_str_radix(text.trim_start_matches("0x"), 16)
+            .unwrap_or_else(|_| panic!("not hex: {text}")),
+        Value::Number(number) => number.as_u64().expect("u64"),
+        other => panic!("not a number: {other}"),
+    }
+}
+
+/// Reads `len` bytes at `vaddr` of process `pid` without imgtool: addresses from crit's JSON
+/// of the pagemap (`NAME-json/`), bytes from `pages-N.img`, walking present entries in order.
+pub fn read_via_crit_json(name: &str, pid: u32, vaddr: u64, len: usize) -> Vec<u8> {
+    let json_path = fixture(&format!("{name}-json")).join(format!("pagemap-{pid}.img.json"));
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+    let entries = doc["entries"].as_array().unwrap();
+    let pages_id = entries[0]["pages_id"].as_u64().unwrap();
+    let pages = std::fs::read(fixture(name).join(format!("pages-{pages_id}.img"))).unwrap();
+
+    let mut out = Vec::with_capacity(len);
+    let mut offset = 0u64;
+    for entry in &entries[1..] {
+        let start = hex_value(&entry["vaddr"]);
+        let nr = entry["nr_pages"].as_u64().unwrap();
+        let end = start + nr * 4096;
+        assert!(entry["flags"].as_str().unwrap().contains("PE_PRESENT"));
+        let want = vaddr + out.len() as u64;
+        if out.len() < len && want >= start && want < end {
+            let take = ((end - want) as usize).min(len - out.len());
+            let at = (offset + want - start) as usize;
+            out.extend_from_slice(&pages[at..at + take]);
+        }
+        offset += nr * 4096;
+    }
+    assert_eq!(
+        out.len(),
+        len,
+        "{len} bytes at {vaddr:#x} are not all dumped"
+    );
+    out
+}
+
+/// A field of a single-entry image, from crit's JSON (`NAME-json/FILE.json`).
+pub fn crit_field(name: &str, file: &str, field: &str) -> u64 {
+    let json_path = fixture(&format!("{name}-json")).join(format!("{file}.json"));
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+    hex_value(&doc["entries"][0][field])
+}
+
+/// Parses a `0x…` string of imgtool's JSON.
+pub fn hex(value: &Value) -> u64 {
+    hex_value(value)
+}
