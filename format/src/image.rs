@@ -171,6 +171,7 @@ pub struct RawEntry<'a> {
 
 enum Data {
     Mapped(Mmap),
+    Owned(Vec<u8>),
     Empty,
 }
 
@@ -197,8 +198,19 @@ impl ImageFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ImageError> {
         let path = path.as_ref().to_path_buf();
         let data = map(&path)?;
+        Self::with_data(path, data)
+    }
+
+    /// Reads an image held in memory (received over a socket, built by a test or a fuzzer).
+    /// `name` stands in for the path in errors.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self, ImageError> {
+        Self::with_data(name.into(), Data::Owned(bytes))
+    }
+
+    fn with_data(path: PathBuf, data: Data) -> Result<Self, ImageError> {
         let bytes = match &data {
             Data::Mapped(m) => &m[..],
+            Data::Owned(v) => &v[..],
             Data::Empty => &[][..],
         };
         let (magic, body) = parse_header(&path, bytes)?;
@@ -256,6 +268,7 @@ impl ImageFile {
     pub fn bytes(&self) -> &[u8] {
         match &self.data {
             Data::Mapped(m) => m,
+            Data::Owned(v) => v,
             Data::Empty => &[],
         }
     }

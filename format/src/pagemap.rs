@@ -215,7 +215,11 @@ impl Pagemap {
             } else {
                 run
             };
-            runs.push(run);
+            // An empty run covers nothing and consumes nothing; keeping it would put an
+            // entry in the index that no address can find.
+            if run.nr_pages > 0 {
+                runs.push(run);
+            }
         }
 
         runs.sort_by_key(|r| r.vaddr);

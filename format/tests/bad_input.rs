@@ -409,3 +409,22 @@ fn image_sets_refuse_missing_old_and_compressed_inventories() {
     write_inventory(dir.path(), &inventory(2, Some(true), Some(0)));
     assert!(ImageSet::open(dir.path()).is_ok());
 }
+
+#[test]
+fn empty_pagemap_runs_are_dropped_from_the_index() {
+    // Found by the fuzzer: a run of 0 pages sat in the index where no lookup could find it.
+    let mut head = Vec::new();
+    pagemap::encode_head(&mut head, 1);
+    let mut bytes = header(well_known::pagemap());
+    entry(&mut bytes, &head, &[]);
+    for (vaddr, n) in [(0x1000u64, 0u64), (0x1000, 1)] {
+        let mut e = Vec::new();
+        pagemap::encode_entry(&mut e, vaddr, n, PE_PRESENT);
+        entry(&mut bytes, &e, &[]);
+    }
+    let image = ImageFile::from_bytes("mem", bytes).unwrap();
+    let map = Pagemap::parse(&image).unwrap();
+    assert_eq!(map.runs().len(), 1);
+    assert_eq!(map.find(0x1000).map(|r| r.entry_index), Some(2));
+    assert_eq!(map.runs()[0].pages_offset, Some(0));
+}
