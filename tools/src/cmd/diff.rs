@@ -12,8 +12,9 @@ use crate::analyse::progress::bytes_bar;
 
 /// Compare two image sets: processes, threads, VMAs, fds, registers, signal handlers, pages.
 ///
-/// Pages are compared by content (BLAKE3 of every page, hashed in parallel), following
-/// `parent` chains, and counted per VMA as identical, changed, only in A, only in B.
+/// Pages are compared by content (XXH3-128 of every page, hashed in parallel; --verify also
+/// compares the bytes of pages whose digests match), following `parent` chains, and counted
+/// per VMA as identical, changed, only in A, only in B.
 ///
 /// With --json the output is a stable document (version 1):
 /// {"version", "a", "b", "changed", "processes": {"added", "removed"},
@@ -35,6 +36,10 @@ pub struct DiffArgs {
     /// Print the stable JSON document instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Confirm every digest match byte for byte (the images are untrusted: a crafted page
+    /// could collide with XXH3).
+    #[arg(long)]
+    pub verify: bool,
 }
 
 /// Runs the diff and prints it.
@@ -58,7 +63,7 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
         .map(|run| run.nr_pages)
         .sum();
     let progress = bytes_bar(total_pages * PAGE_SIZE as u64, "hashing");
-    let report = compare_tasks(&snapshot_a, &snapshot_b, &progress);
+    let report = compare_tasks(&snapshot_a, &snapshot_b, &progress, args.verify);
     progress.finish_and_clear();
 
     if args.json {

@@ -3,7 +3,7 @@
 //! The comparison is made in two layers. The *state* layer (`tasks`) matches processes by pid
 //! and threads by tid, then compares VMAs (by start address), descriptors (by number),
 //! registers and signal handlers. The *memory* layer (`pages`) hashes every dumped page of both
-//! sets in parallel and joins the two digest lists by address, counting per VMA the pages that
+//! sets in parallel (XXH3-128, see `digest`) and joins the two digest lists by address, counting per VMA the pages that
 //! are identical, changed, or dumped on one side only.
 //!
 //! # JSON output (`--json`), version 1

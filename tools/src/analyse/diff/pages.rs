@@ -60,10 +60,14 @@ enum Class {
 ///
 /// Returns the per-VMA rows (VMAs of B, then VMAs only in A, then one `unmapped` row for pages
 /// outside every VMA, which only a damaged set has) and the totals.
+///
+/// With `verify`, pages whose digests match are also compared byte for byte, so a crafted
+/// digest collision cannot make different pages count as identical.
 pub fn compare_pages(
     a: &ProcessMemory<'_>,
     b: &ProcessMemory<'_>,
     progress: &ProgressBar,
+    verify: bool,
 ) -> (Vec<VmaPages>, PageCounts) {
     let (digests_a, digests_b) = rayon::join(
         || digest_runs(&a.runs, progress),
@@ -83,7 +87,7 @@ pub fn compare_pages(
     let mut counts_a = vec![PageCounts::default(); rows_a.len()];
     let mut unmapped = PageCounts::default();
 
-    merge(&digests_a, &digests_b, |vaddr, class| {
+    merge(&digests_a, &digests_b, verify, |vaddr, class| {
         let slot = if let Some(index) = find(&rows_b, vaddr) {
             &mut counts_b[index]
         } else if let Some(index) = find(&rows_a, vaddr) {
@@ -139,7 +143,7 @@ fn find(rows: &[&Vma], vaddr: u64) -> Option<usize> {
 }
 
 /// Joins two address-sorted digest lists, calling `visit` once per address.
-fn merge(a: &[PageDigest], b: &[PageDigest], mut visit: impl FnMut(u64, Class)) {
+fn merge(a: &[PageDigest], b: &[PageDigest], verify: bool, mut visit: impl FnMut(u64, Class)) {
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {
         let order = match (a.get(i), b.get(j)) {
@@ -157,7 +161,8 @@ fn merge(a: &[PageDigest], b: &[PageDigest], mut visit: impl FnMut(u64, Class)) 
                 j += 1;
             }
             Ordering::Equal => {
-                let class = if a[i].digest == b[j].digest {
+                let same = a[i].digest == b[j].digest && (!verify || a[i].page == b[j].page);
+                let class = if same {
                     Class::Identical
                 } else {
                     Class::Changed
@@ -221,7 +226,7 @@ mod tests {
             env: 0..0,
         };
 
-        let (rows, total) = compare_pages(&a, &b, &ProgressBar::hidden());
+        let (rows, total) = compare_pages(&a, &b, &ProgressBar::hidden(), true);
         assert_eq!(rows.len(), 2);
         assert_eq!(
             rows[0].counts,
@@ -238,5 +243,24 @@ mod tests {
             total.identical + total.changed + total.only_a + total.only_b,
             5
         );
+    }
+
+    #[test]
+    fn verify_refuses_a_digest_collision() {
+        let (x, y) = ([1u8; 8], [2u8; 8]);
+        let a = [PageDigest {
+            vaddr: 0x1000,
+            digest: 7,
+            page: &x,
+        }];
+        let b = [PageDigest {
+            vaddr: 0x1000,
+            digest: 7,
+            page: &y,
+        }];
+        let mut seen = Vec::new();
+        merge(&a, &b, false, |_, class| seen.push(class));
+        merge(&a, &b, true, |_, class| seen.push(class));
+        assert_eq!(seen, [Class::Identical, Class::Changed]);
     }
 }

@@ -12,8 +12,13 @@ use super::{
 use crate::analyse::snapshot::{FdView, Registers, SigAction, Snapshot, TaskView};
 use crate::analyse::vma::Vma;
 
-/// Compares two sets completely.
-pub fn compare_tasks(a: &Snapshot<'_>, b: &Snapshot<'_>, progress: &ProgressBar) -> DiffReport {
+/// Compares two sets completely (`verify`: see `compare_pages`).
+pub fn compare_tasks(
+    a: &Snapshot<'_>,
+    b: &Snapshot<'_>,
+    progress: &ProgressBar,
+    verify: bool,
+) -> DiffReport {
     let processes = membership(a.tasks.keys(), b.tasks.keys());
     let mut report = DiffReport {
         version: JSON_VERSION,
@@ -29,7 +34,7 @@ pub fn compare_tasks(a: &Snapshot<'_>, b: &Snapshot<'_>, progress: &ProgressBar)
         let Some(task_b) = b.tasks.get(pid) else {
             continue;
         };
-        let task = compare_task(task_a, task_b, progress);
+        let task = compare_task(task_a, task_b, progress, verify);
         report.changed |= task.is_changed();
         report.pages.add(&task.pages.counts);
         report.tasks.push(task);
@@ -37,8 +42,13 @@ pub fn compare_tasks(a: &Snapshot<'_>, b: &Snapshot<'_>, progress: &ProgressBar)
     report
 }
 
-fn compare_task(a: &TaskView<'_>, b: &TaskView<'_>, progress: &ProgressBar) -> TaskDiff {
-    let (rows, counts) = compare_pages(&a.memory, &b.memory, progress);
+fn compare_task(
+    a: &TaskView<'_>,
+    b: &TaskView<'_>,
+    progress: &ProgressBar,
+    verify: bool,
+) -> TaskDiff {
+    let (rows, counts) = compare_pages(&a.memory, &b.memory, progress, verify);
     TaskDiff {
         pid: a.pid,
         comm: a.comm.clone(),
