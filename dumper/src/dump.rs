@@ -197,12 +197,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
     cleanup.armed = false;
 
     let processes = tree.tasks().len();
-    if opts.leave_running {
+    let frozen = if opts.leave_running {
         tree.release();
+        frozen_at.elapsed()
     } else {
-        tree.kill();
-    }
-    let frozen = frozen_at.elapsed();
+        let killed = tree.kill();
+        let frozen = frozen_at.elapsed();
+        killed.wait();
+        frozen
+    };
     tracing::info!(
         pid = opts.pid,
         processes,
@@ -268,12 +271,19 @@ fn dump_process(
     let auxv = task::saved_auxv(pid)?;
     let runs = pages::select(pid, &vmas)?;
 
+    let t_collect = Instant::now();
+    tracing::debug!(pid, runs = runs.len(), vmas = vmas.len(), "proc state read");
     let syscall_ip = remote::find_syscall_insn(pid)?;
     let leader = RemoteThread::new(pid, syscall_ip)?;
     let mut parasite = Parasite::plant(pid, leader)?;
     let remote_info = task::process_remote(&mut parasite)?;
     let cores = task::cores(pid, &info.threads, &mut parasite, syscall_ip, &remote_info)?;
 
+    tracing::debug!(
+        pid,
+        ms = t_collect.elapsed().as_secs_f64() * 1e3,
+        "parasite state collected"
+    );
     let mem_started = Instant::now();
     parasite.open_page_pipe(PAGE_PIPE_CAPACITY)?;
     let writer = set.pages(PagemapId::Pid(pid as u32), pages_id)?;
@@ -284,6 +294,12 @@ fn dump_process(
     let moved = pages::transfer(&mut parasite, &runs, &mut sink as &mut dyn PageSink)?;
     sink.writer.finish()?;
     let memdump = mem_started.elapsed();
+    tracing::debug!(
+        pid,
+        bytes = moved,
+        ms = memdump.as_secs_f64() * 1e3,
+        "pages written"
+    );
     parasite.cure()?.restore()?;
 
     for (tid, core) in &cores {

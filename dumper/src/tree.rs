@@ -204,17 +204,18 @@ impl FrozenTree {
         self.detach_all();
     }
 
-    /// SIGKILLs every process of the tree and collects the tracees' exit reports.
-    pub fn kill(mut self) {
+    /// SIGKILLs every process of the tree. The returned handle collects the tracees'
+    /// exit reports (freeing a large address space takes a while; the tree is no longer
+    /// frozen meanwhile, it is dying).
+    pub fn kill(mut self) -> KilledTree {
         for task in &self.tasks {
             // SAFETY: kill(2) has no memory effects.
             unsafe { libc::kill(task.pid, libc::SIGKILL) };
         }
-        for &tid in &self.seized {
-            // The kill ends tracing; wait for each tracee's final report.
-            let _ = ptrace::wait(tid);
-        }
         self.done = true;
+        KilledTree {
+            seized: std::mem::take(&mut self.seized),
+        }
     }
 
     fn detach_all(&mut self) {
@@ -227,6 +228,31 @@ impl FrozenTree {
             }
         }
         self.done = true;
+    }
+}
+
+/// A killed tree whose tracees still have to report their exit.
+#[derive(Debug)]
+pub struct KilledTree {
+    seized: Vec<i32>,
+}
+
+impl KilledTree {
+    /// Waits for every tracee's final report.
+    pub fn wait(mut self) {
+        self.wait_all();
+    }
+
+    fn wait_all(&mut self) {
+        for tid in self.seized.drain(..) {
+            let _ = ptrace::wait(tid);
+        }
+    }
+}
+
+impl Drop for KilledTree {
+    fn drop(&mut self) {
+        self.wait_all();
     }
 }
 
