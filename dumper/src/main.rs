@@ -37,7 +37,72 @@ enum Command {
     },
 }
 
+/// Parent of `pid` from /proc, or 0.
+fn parent_of(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Whether `pid` is `root` or one of its descendants.
+fn in_tree_of(mut pid: i32, root: i32) -> bool {
+    while pid > 1 {
+        if pid == root {
+            return true;
+        }
+        pid = parent_of(pid);
+    }
+    pid == root
+}
+
+/// A dumper started from inside the tree it dumps (`dumper dump -t $$`) must leave the
+/// tree first: the original process forks, the child forks the worker and exits, so the
+/// worker is re-parented out of the tree; the original exits as soon as the worker is
+/// detached, and the worker waits until the original is gone before freezing.
+fn leave_tree(root: i32) -> anyhow::Result<()> {
+    use nix::unistd::{ForkResult, fork, getpid};
+
+    let original = getpid().as_raw();
+    // SAFETY: the process is single-threaded here (nothing has spawned a thread yet),
+    // so the child may run arbitrary code after fork.
+    match unsafe { fork() }.context("first fork")? {
+        ForkResult::Parent { child } => {
+            let _ = nix::sys::wait::waitpid(child, None);
+            std::process::exit(0);
+        }
+        ForkResult::Child => {}
+    }
+    nix::unistd::setsid().context("setsid")?;
+    // SAFETY: still single-threaded, as above.
+    match unsafe { fork() }.context("second fork")? {
+        ForkResult::Parent { .. } => std::process::exit(0),
+        ForkResult::Child => {}
+    }
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{original}")).exists() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the invoking dumper process {original} was not reaped within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if in_tree_of(getpid().as_raw(), root) {
+        anyhow::bail!("still inside the tree of {root} after the double fork (a subreaper?)");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    if let Some(Command::Dump { pid, .. }) = Cli::try_parse().ok().map(|c| c.command)
+        && in_tree_of(std::process::id() as i32, pid)
+    {
+        leave_tree(pid)?;
+    }
+
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -450,3 +450,52 @@ fn a_target_killed_mid_dump_fails_cleanly_without_inventory() {
     let _ = w.wait_exit(Duration::from_secs(2));
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }
+
+#[test]
+fn a_shell_checkpoints_itself_through_the_double_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let log = dir.path().join("shell.log");
+    let script = format!(
+        "{} dump -t $$ -D {} --leave-running >{}/dumper.out 2>&1; i=0; \
+         while :; do i=$((i+1)); echo tick=$i >> {}; sleep 0.1; done",
+        env!("CARGO_BIN_EXE_dumper"),
+        img.display(),
+        dir.path().display(),
+        log.display()
+    );
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    let shell = child.id() as i32;
+    let _guard = cryo_fixtures::TreeGuard::new(shell);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !img.join("inventory.img").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no complete dump; dumper said: {}",
+            std::fs::read_to_string(dir.path().join("dumper.out")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let set = ImageSet::open(&img).unwrap();
+    assert_eq!(set.root().unwrap().pid, shell as u32);
+    let comm = set.core(shell as u32).unwrap().tc.unwrap().comm;
+    assert_eq!(comm, "sh", "the dumper itself is not in the image");
+
+    cryo_fixtures::wait_for_log_line(&log, |l| l == "tick=5", Duration::from_secs(10)).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}
