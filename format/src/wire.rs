@@ -63,10 +63,24 @@ pub struct Field<'a> {
 }
 
 /// Reads a varint at `*pos`, advancing it.
+#[inline]
 pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
+    // Most varints in images (tags, small counts) are one byte.
+    if let Some(&byte) = buf.get(*pos)
+        && byte < 0x80
+    {
+        *pos += 1;
+        return Ok(u64::from(byte));
+    }
+    read_varint_slow(buf, pos)
+}
+
+#[cold]
+fn read_varint_slow(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
     let start = *pos;
     let mut value = 0u64;
-    for shift in (0..70).step_by(7) {
+    let mut shift = 0u32;
+    loop {
         let Some(&byte) = buf.get(*pos) else {
             return Err(WireError {
                 offset: start,
@@ -80,6 +94,10 @@ pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Ok(value);
+        }
+        shift += 7;
+        if shift > 63 {
+            break;
         }
     }
     Err(WireError {
@@ -106,6 +124,7 @@ pub fn fields(buf: &[u8]) -> Fields<'_> {
 }
 
 impl<'a> Fields<'a> {
+    #[inline]
     fn next_field(&mut self) -> Result<Field<'a>, WireError> {
         let offset = self.pos;
         let key = read_varint(self.buf, &mut self.pos)?;
@@ -163,6 +182,7 @@ impl<'a> Fields<'a> {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>, WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.pos >= self.buf.len() {
             return None;
