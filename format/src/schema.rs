@@ -2,17 +2,24 @@
 //!
 //! The `.proto` files are cryo's own, written from the facts of CRIU's image format:
 //! same package (`criu`), message names, field numbers, types and labels, so the bytes
-//! on disk are CRIU's. Two views of the same schema are exposed:
+//! on disk are CRIU's. Three views of the same schema are exposed:
 //!
 //! - the prost structs (`InventoryEntry`, `CoreEntry`, ...) for code that knows which
 //!   message it reads. prost maps proto2 `required` to a plain field and `optional` to
 //!   `Option<T>`, and does not check that required fields were present;
-//! - [`descriptor_pool`], the reflective schema with our display options kept, for
-//!   tools that walk any message generically (imgtool's crit-compatible JSON).
+//! - [`descriptor_pool`], the reflective schema for code that walks any message
+//!   generically (validation, imgtool's JSON). It is built from a lean descriptor set
+//!   without field options, because prost-reflect needs ~10 ms to decode the full one
+//!   with custom options and that cost is paid by every short-lived imgtool process;
+//! - [`field_display`], crit's display options (`(criu).hex`, `flags`, `dev`, `dict`,
+//!   `ipadd`, `conv`, declared in `opts.proto`), extracted at build time into a static
+//!   table. [`full_descriptor_pool`] still has them as real options, for reflection.
 
 use std::sync::OnceLock;
 
+use prost::Message as _;
 use prost_reflect::DescriptorPool;
+use prost_reflect::prost_types::FileDescriptorSet;
 
 #[allow(clippy::all, missing_docs, non_camel_case_types)]
 mod generated {
@@ -21,8 +28,14 @@ mod generated {
 
 pub use generated::*;
 
-/// Encoded `FileDescriptorSet` of all cryo `.proto` files (with their imports).
+/// Encoded lean `FileDescriptorSet` of the image schema (no options, no imports of
+/// `descriptor.proto`); what [`descriptor_pool`] is built from.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/criu_descriptors.bin"));
+
+/// Encoded complete descriptor pool, `opts.proto` and `descriptor.proto` included, with the
+/// custom field options kept.
+pub const DESCRIPTOR_SET_FULL: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/criu_descriptors_full.bin"));
 
 /// Protobuf package of every image message.
 pub const PACKAGE: &str = "criu";
@@ -30,11 +43,53 @@ pub const PACKAGE: &str = "criu";
 /// Number of the `google.protobuf.FieldOptions` extension carrying [`CriuOpts`].
 pub const OPTIONS_EXTENSION_NUMBER: u32 = 1018;
 
-/// The reflective schema, decoded once on first use.
+/// crit's display options of one field (see `proto/opts.proto`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FieldDisplay {
+    /// Integer printed as `"0x.."`; on a message field, every integer inside it.
+    pub hex: bool,
+    /// Repeated u32 holding an IPv4 (1 word) or IPv6 (4 words) address in network order.
+    pub ipadd: bool,
+    /// Name of the bit-flag table (`"mmap.prot"`, `"rfile.flags"`, ...).
+    pub flags: Option<&'static str>,
+    /// Device number printed `"major:minor"`.
+    pub dev: bool,
+    /// With `dev`: userspace (glibc) `dev_t` layout instead of the kernel's.
+    pub odev: bool,
+    /// Name of the value table (`"gen"`, `"sk"`).
+    pub dict: Option<&'static str>,
+    /// Custom bytes conversion (`"unix_name"`).
+    pub conv: Option<&'static str>,
+}
+
+include!(concat!(env!("OUT_DIR"), "/criu_field_options.rs"));
+
+/// The display options of the field with this full name (`"criu.vma_entry.start"`), or
+/// `None` when the field has none.
+pub fn field_display(full_name: &str) -> Option<&'static FieldDisplay> {
+    FIELD_DISPLAY
+        .binary_search_by(|(name, _)| (*name).cmp(full_name))
+        .ok()
+        .map(|i| &FIELD_DISPLAY[i].1)
+}
+
+/// The reflective schema (without field options), built once on first use.
 pub fn descriptor_pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        DescriptorPool::decode(DESCRIPTOR_SET)
+        let set = FileDescriptorSet::decode(DESCRIPTOR_SET)
+            .expect("descriptor set is generated at build time from our own .proto files");
+        DescriptorPool::from_file_descriptor_set(set)
+            .expect("descriptor set is generated at build time from our own .proto files")
+    })
+}
+
+/// The reflective schema with the custom field options, built once on first use (slower
+/// to build than [`descriptor_pool`]; prefer [`field_display`] for the options).
+pub fn full_descriptor_pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(DESCRIPTOR_SET_FULL)
             .expect("descriptor set is generated at build time from our own .proto files")
     })
 }
@@ -68,26 +123,44 @@ mod tests {
     }
 
     #[test]
-    fn display_options_survive_in_the_pool() {
-        let pool = descriptor_pool();
+    fn lean_and_full_pools_describe_the_same_fields() {
+        let full = full_descriptor_pool();
+        let mut compared = 0;
+        for message in descriptor_pool().all_messages() {
+            let other = full.get_message_by_name(message.full_name()).unwrap();
+            for field in message.fields() {
+                let twin = other.get_field(field.number()).unwrap();
+                assert_eq!(field.full_name(), twin.full_name());
+                assert_eq!(field.cardinality(), twin.cardinality());
+                assert_eq!(field.is_packed(), twin.is_packed(), "{}", field.full_name());
+                assert_eq!(format!("{:?}", field.kind()), format!("{:?}", twin.kind()));
+                compared += 1;
+            }
+        }
+        assert!(compared > 500, "only {compared} fields compared");
+    }
+
+    #[test]
+    fn display_options_survive_in_the_full_pool_and_the_static_table() {
+        let pool = full_descriptor_pool();
         let vma = pool.get_message_by_name("criu.vma_entry").unwrap();
         let ext = pool.get_extension_by_name("criu.criu").unwrap();
         assert_eq!(ext.number(), OPTIONS_EXTENSION_NUMBER);
 
         let start = vma.get_field_by_name("start").unwrap();
-        let opts = start.options();
-        let criu = opts.get_extension(&ext);
+        let criu = start.options().get_extension(&ext).into_owned();
         let hex = criu.as_message().unwrap().get_field_by_name("hex").unwrap();
         assert_eq!(*hex, Value::Bool(true));
 
-        let prot = vma.get_field_by_name("prot").unwrap();
-        let criu = prot.options().get_extension(&ext).into_owned();
-        let flags = criu
-            .as_message()
-            .unwrap()
-            .get_field_by_name("flags")
-            .unwrap();
-        assert_eq!(flags.as_str(), Some("mmap.prot"));
+        assert!(field_display("criu.vma_entry.start").unwrap().hex);
+        assert_eq!(
+            field_display("criu.vma_entry.prot").unwrap().flags,
+            Some("mmap.prot")
+        );
+        let rdev = field_display("criu.ghost_file_entry.rdev").unwrap();
+        assert!(rdev.dev && rdev.odev);
+        assert_eq!(field_display("criu.vma_entry.pgoff"), None);
+        assert!(FIELD_DISPLAY.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]

@@ -1,34 +1,16 @@
 //! crit's display options (`(criu).hex`, `flags`, `dev`, `dict`, `ipadd`, `conv`) and the
 //! tables behind them.
 //!
-//! The options live in the descriptor pool as extension 1018 of `FieldOptions`. Reading
-//! them through prost-reflect decodes the options message each time, so every field's
-//! options are read once, when first needed, into a map keyed by the field's full name.
+//! The options are declared in `format/proto/opts.proto`; cryo-format extracts them at
+//! build time into a static table ([`cryo_format::schema::field_display`]), so looking one
+//! up is a binary search over a few dozen names and nothing is parsed at run time.
 //!
 //! The flag and value tables are crit's (`pycriu/images/pb2dict.py`), with one deliberate
 //! difference: task states 3 and 6 are `Stopped` and `Zombie`, as CRIU defines them; crit
 //! has the two names swapped.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
-use cryo_format::schema::descriptor_pool;
-use prost_reflect::{FieldDescriptor, Value};
-
-/// The display options of one field.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldOpts {
-    pub hex: bool,
-    pub ipadd: bool,
-    /// Name of the flag table (`"mmap.prot"`); unknown names render as hex, like crit.
-    pub flags: Option<String>,
-    pub dev: bool,
-    pub odev: bool,
-    /// Name of the value table (`"gen"`, `"sk"`).
-    pub dict: Option<String>,
-    /// `"unix_name"`: bytes as quoted-printable instead of base64.
-    pub conv: Option<String>,
-}
+pub use cryo_format::schema::FieldDisplay as FieldOpts;
+use prost_reflect::FieldDescriptor;
 
 static NONE: FieldOpts = FieldOpts {
     hex: false,
@@ -42,53 +24,7 @@ static NONE: FieldOpts = FieldOpts {
 
 /// The options of `field` (all unset for fields without a `(criu)` option).
 pub fn of(field: &FieldDescriptor) -> &'static FieldOpts {
-    static ALL: OnceLock<HashMap<String, FieldOpts>> = OnceLock::new();
-    ALL.get_or_init(load_all)
-        .get(field.full_name())
-        .unwrap_or(&NONE)
-}
-
-fn load_all() -> HashMap<String, FieldOpts> {
-    let pool = descriptor_pool();
-    let mut all = HashMap::new();
-    let Some(ext) = pool.get_extension_by_name("criu.criu") else {
-        return all;
-    };
-    for message in pool.all_messages() {
-        for field in message.fields() {
-            let options = field.options();
-            if !options.has_extension(&ext) {
-                continue;
-            }
-            let value = options.get_extension(&ext);
-            let Some(criu) = value.as_message() else {
-                continue;
-            };
-            let flag = |name| {
-                matches!(
-                    criu.get_field_by_name(name).as_deref(),
-                    Some(Value::Bool(true))
-                )
-            };
-            let text = |name| match criu.get_field_by_name(name).as_deref() {
-                Some(Value::String(s)) if criu.has_field_by_name(name) => Some(s.clone()),
-                _ => None,
-            };
-            all.insert(
-                field.full_name().to_owned(),
-                FieldOpts {
-                    hex: flag("hex"),
-                    ipadd: flag("ipadd"),
-                    flags: text("flags"),
-                    dev: flag("dev"),
-                    odev: flag("odev"),
-                    dict: text("dict"),
-                    conv: text("conv"),
-                },
-            );
-        }
-    }
-    all
+    cryo_format::schema::field_display(field.full_name()).unwrap_or(&NONE)
 }
 
 /// A bit-flag table: names in the order crit prints them.
@@ -331,13 +267,11 @@ mod tests {
 
     #[test]
     fn schema_options_are_read_from_the_pool() {
-        let pool = descriptor_pool();
+        let pool = cryo_format::schema::descriptor_pool();
         let vma = pool.get_message_by_name("criu.vma_entry").unwrap();
         assert!(of(&vma.get_field_by_name("start").unwrap()).hex);
         assert_eq!(
-            of(&vma.get_field_by_name("status").unwrap())
-                .flags
-                .as_deref(),
+            of(&vma.get_field_by_name("status").unwrap()).flags,
             Some("mmap.status")
         );
         assert_eq!(

@@ -146,7 +146,7 @@ fn scalar(
             let text = json
                 .as_str()
                 .ok_or_else(|| bad(path, "a base64 string", json))?;
-            let bytes = if opts.conv.as_deref() == Some("unix_name") {
+            let bytes = if opts.conv == Some("unix_name") {
                 Some(unquote_printable(text))
             } else {
                 decode_base64(text)
@@ -212,17 +212,17 @@ fn integer(field: &FieldDescriptor, json: &Json, opts: &FieldOpts) -> Option<i12
     if opts.dev {
         return options::parse_dev(text, opts.odev).map(i128::from);
     }
-    if let Some(table) = opts.flags.as_deref().and_then(options::flag_table) {
+    if let Some(table) = opts.flags.and_then(options::flag_table) {
         return options::unmap_flags(text, table).map(i128::from);
     }
-    if let Some(dict) = &opts.dict
+    if let Some(dict) = opts.dict
         && let Some(table) = options::dict_table(dict, field.name())
         && let Some((n, _)) = table.iter().find(|(_, name)| name == text)
     {
         return Some(i128::from(*n));
     }
     // Older crit wrote 2 as "Dead" nowhere, but go-criu does; accept it.
-    if opts.dict.as_deref() == Some("gen") && text == "Dead" {
+    if opts.dict == Some("gen") && text == "Dead" {
         return Some(2);
     }
     options::parse_int(text)

@@ -81,9 +81,7 @@ fn scalar(
 ) -> Json {
     match value {
         Value::Message(m) => Json::Object(message_at(m, pretty, hex)),
-        Value::Bytes(b) if opts.conv.as_deref() == Some("unix_name") => {
-            Json::String(quoted_printable(b))
-        }
+        Value::Bytes(b) if opts.conv == Some("unix_name") => Json::String(quoted_printable(b)),
         Value::Bytes(b) => Json::String(base64_lines(b)),
         Value::String(s) => Json::String(s.clone()),
         Value::Bool(b) => Json::Bool(*b),
@@ -110,13 +108,13 @@ fn integer(field: &FieldDescriptor, v: i128, opts: &FieldOpts, pretty: bool, hex
         if opts.dev {
             return Json::String(options::format_dev(v as u64, opts.odev));
         }
-        if let Some(name) = &opts.flags {
+        if let Some(name) = opts.flags {
             return Json::String(match options::flag_table(name) {
                 Some(table) => options::map_flags(v as u64, table),
                 None => hex_string(v),
             });
         }
-        if let Some(dict) = &opts.dict {
+        if let Some(dict) = opts.dict {
             let named = options::dict_table(dict, field.name())
                 .and_then(|t| t.iter().find(|(n, _)| i128::from(*n) == v));
             if let Some((_, name)) = named {
