@@ -1,0 +1,241 @@
+//! cryo's own dumper → cryo's restorer, for every fixtures workload: each one must
+//! carry on where it was, judged from its log and /proc.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use cryo_fixtures::{TreeGuard, Workload, field, last_tick_of, wait_for_log_line, wait_tick_after};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Runs the dumper in a process of its own (this test binary, running
+/// [`dump_helper`]): a tracer that exits releases the killed tree for reaping.
+fn dump(pid: i32, dir: &Path) {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", "dump_helper", "--nocapture"])
+        .env("CRYO_TEST_DUMP_PID", pid.to_string())
+        .env("CRYO_TEST_DUMP_DIR", dir);
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success() && dir.join("inventory.img").exists(),
+        "dump of {pid} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "helper: dumps CRYO_TEST_DUMP_PID when run by another test in a child process"]
+fn dump_helper() {
+    let pid = std::env::var("CRYO_TEST_DUMP_PID").unwrap().parse().unwrap();
+    let dir = std::env::var("CRYO_TEST_DUMP_DIR").unwrap();
+    cryo_dumper::dump(&cryo_dumper::DumpOptions {
+        pid,
+        dir: dir.into(),
+        leave_running: false,
+        shell_job: false,
+    })
+    .expect("dump");
+}
+
+/// Dumps (and so kills) the workload's tree, then waits until its pids are free again.
+fn dump_and_clear(w: &mut Workload, dir: &Path) {
+    let pids = w.tree_pids();
+    dump(w.pid(), dir);
+    w.wait_exit(WAIT);
+    wait_gone(&pids);
+}
+
+fn wait_gone(pids: &[i32]) {
+    let deadline = Instant::now() + WAIT;
+    while let Some(pid) = taken(pids) {
+        assert!(Instant::now() < deadline, "pid {pid} did not go away");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Ticks of `pid` in `log` after `after`, each with an intact pattern if it says so.
+fn ticks_after(log: &Path, pid: i32, after: u64) -> Vec<u64> {
+    let text = std::fs::read_to_string(log).unwrap();
+    let pid = pid.to_string();
+    text.lines()
+        .filter(|l| field(l, "pid") == Some(pid.as_str()))
+        .filter_map(|l| {
+            if let Some(bad) = field(l, "bad") {
+                assert_eq!(bad, "0", "memory pattern broken: {l}");
+            }
+            cryo_fixtures::parse_tick(l)
+        })
+        .filter(|&t| t > after)
+        .collect()
+}
+
+fn assert_consecutive(ticks: &[u64], from: u64) {
+    let expected: Vec<u64> = (from..from + ticks.len() as u64).collect();
+    assert_eq!(ticks, expected);
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a process of the test's own restored tree.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+#[test]
+fn cryo_counter_continues_after_restore() {
+    let mut w = Workload::counter(16).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    dump_and_clear(&mut w, images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+    assert_eq!(root, pid);
+
+    wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
+    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+}
+
+#[test]
+fn cryo_threads_keep_their_tids_and_count() {
+    let mut w = Workload::threads(8, 4).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+    let tids = cryo_fixtures::thread_ids(pid);
+    assert_eq!(tids.len(), 5);
+
+    dump_and_clear(&mut w, images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+
+    assert_eq!(cryo_fixtures::thread_ids(root), tids);
+    wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
+    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+    let text = std::fs::read_to_string(w.log_path()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| cryo_fixtures::parse_tick(l).is_some_and(|t| t > last))
+        .collect();
+    for t in 0..4 {
+        let name = format!("t{t}");
+        let counts: Vec<u64> = lines
+            .iter()
+            .map(|l| field(l, &name).unwrap().parse().unwrap())
+            .collect();
+        assert!(counts.windows(2).all(|c| c[1] > c[0]), "{name} stalled: {counts:?}");
+    }
+}
+
+#[test]
+fn cryo_pipe_tree_keeps_unread_bytes() {
+    let mut w = Workload::pipe_tree(1000).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    let children: Vec<i32> = w.tree_pids().into_iter().filter(|&p| p != pid).collect();
+    assert_eq!(children.len(), 2);
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    dump_and_clear(&mut w, images.path());
+    let before = line_count(w.log_path());
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+
+    for &child in &children {
+        assert_eq!(proc_status_field(child, "PPid"), Some(pid as u64));
+        let last = last_tick_of(w.log_path(), child).unwrap();
+        wait_tick_after(w.log_path(), child, last + 2, WAIT).unwrap();
+    }
+    signal(pid, libc::SIGUSR1);
+    let log = w.log_path().to_path_buf();
+    let line = wait_for_log_line(
+        &log,
+        |l| l.starts_with("pipe bytes="),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(line, "pipe bytes=1000 ok=1");
+    assert!(line_count(&log) > before);
+}
+
+#[test]
+fn cryo_files_signals_and_itimer_survive() {
+    let mut w = Workload::file_sig().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    dump_and_clear(&mut w, images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let alarms_at = |tick: u64| -> u64 {
+        let text = std::fs::read_to_string(w.log_path()).unwrap();
+        text.lines()
+            .find(|l| cryo_fixtures::parse_tick(l) == Some(tick))
+            .and_then(|l| field(l, "alarms")?.parse().ok())
+            .unwrap()
+    };
+    let alarms_before = alarms_at(last);
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+
+    let now = wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
+    assert!(alarms_at(now) > alarms_before, "the itimer no longer fires");
+    let text = std::fs::read_to_string(w.log_path()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| cryo_fixtures::parse_tick(l) == Some(now))
+        .unwrap();
+    assert_eq!(field(line, "rw"), Some("1234"), "{line}");
+    assert_eq!(field(line, "ro"), Some("77"), "{line}");
+
+    signal(pid, libc::SIGUSR1);
+    let log = w.log_path().to_path_buf();
+    wait_for_log_line(&log, |l| l.starts_with("usr1 count="), WAIT).unwrap();
+}
+
+#[test]
+fn cryo_python_keeps_looping() {
+    let mut w = Workload::python().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    dump_and_clear(&mut w, images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+
+    wait_tick_after(w.log_path(), pid, last + 5, WAIT).unwrap();
+    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+}
+
+#[test]
+fn dump_restore_dump_restore_keeps_counting() {
+    let mut w = Workload::counter(8).unwrap();
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 1, WAIT).unwrap();
+
+    dump_and_clear(&mut w, first.path());
+    let root = restore_detached(first.path(), &[]);
+    let guard = TreeGuard::new(root);
+    let mid = last_tick_of(w.log_path(), pid).unwrap();
+    wait_tick_after(w.log_path(), pid, mid + 2, WAIT).unwrap();
+
+    // The restored process is not our child: the dumper kills it and init reaps it.
+    dump(pid, second.path());
+    wait_gone(&[pid]);
+    drop(guard);
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(second.path(), &[]);
+    let _guard = TreeGuard::new(root);
+
+    wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
+    assert_consecutive(&ticks_after(w.log_path(), pid, 0), 1);
+}
