@@ -16,7 +16,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cryo_format::schema::{FdinfoEntry, FsEntry, InventoryEntry, MmEntry, PstreeEntry, VmaEntry};
+use cryo_format::magic::well_known;
+use cryo_format::schema::{
+    DumpStatsEntry, FdinfoEntry, FsEntry, InventoryEntry, MmEntry, PstreeEntry, StatsEntry,
+    TimensEntry, TimespecPair, VmaEntry,
+};
 use cryo_format::{ImageSet, ImageSetError, PagemapId, PagesWriteError};
 use thiserror::Error;
 
@@ -107,7 +111,7 @@ impl Drop for Cleanup {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".img") || name.ends_with(".cryo-tmp") {
+            if name.ends_with(".img") || name.ends_with(".cryo-tmp") || name == "stats-dump" {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -135,6 +139,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
 
     let tree = FrozenTree::freeze(opts.pid)?;
     let frozen_at = Instant::now();
+    let freezing = frozen_at - started;
+    let timens = timens_now();
     tracing::info!(
         pid = opts.pid,
         processes = tree.tasks().len(),
@@ -184,6 +190,23 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
             .collect();
         set.write_pipes_data(&data)?;
     }
+
+    set.write_one("timens-0.img", well_known::timens(), &timens)?;
+    let stats = StatsEntry {
+        dump: Some(DumpStatsEntry {
+            freezing_time: freezing.as_micros() as u32,
+            frozen_time: frozen_at.elapsed().as_micros() as u32,
+            memdump_time: memdump.as_micros() as u32,
+            memwrite_time: memdump.as_micros() as u32,
+            pages_scanned: pages_written,
+            pages_skipped_parent: 0,
+            pages_written,
+            pages_lazy: 0,
+            ..DumpStatsEntry::default()
+        }),
+        ..StatsEntry::default()
+    };
+    set.write_one("stats-dump", well_known::stats(), &stats)?;
 
     let inventory = InventoryEntry {
         img_version: 2,
@@ -350,6 +373,26 @@ fn write_fdinfo(
         set.write_fdinfo(files_id, fds)?;
     }
     Ok(())
+}
+
+/// The clocks a time namespace must continue from (`timens-0.img`, as CRIU writes it).
+fn timens_now() -> TimensEntry {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        TimespecPair {
+            tv_sec: ts.tv_sec as u64,
+            tv_nsec: ts.tv_nsec as u64,
+        }
+    };
+    TimensEntry {
+        monotonic: now(libc::CLOCK_MONOTONIC),
+        boottime: now(libc::CLOCK_BOOTTIME),
+    }
 }
 
 /// Whether `dir` holds a complete image set (its inventory exists).
