@@ -213,3 +213,27 @@ fn unknown_pid_and_bad_arguments_are_clear_errors() {
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("not a number"), "{}", run.stderr);
 }
+
+#[test]
+fn pages_in_a_parent_are_shown_and_read_from_it() {
+    let set = copy_set("counter");
+    make_last_entry_a_parent_hole(&set, COUNTER); // the stack's 4 dumped pages
+    let parent = set.tmp.path().join("predump");
+    copy_dir(&fixture("counter"), &parent);
+    std::os::unix::fs::symlink("../predump", set.path("parent")).unwrap();
+
+    let rows = mem_json(&[set.dir_str()]);
+    let stack = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["kind"] == "stack")
+        .unwrap();
+    assert_eq!(stack["in_parent"], 4);
+    assert_eq!(stack["in_pages"], 0);
+    assert_eq!(stack["resident"], 4);
+
+    // argv lives on the stack: it is read through the parent.
+    let doc = mem_json(&[set.dir_str(), "--cmdline"]);
+    assert_eq!(doc["argv"][2], "/tmp/fx/counter.log");
+}

@@ -261,8 +261,14 @@ fn parent_hole_the_parent_lacks_is_reported() {
     let parent = set.tmp.path().join("predump");
     copy_dir(&fixture("counter"), &parent);
     let (head, mut entries) = read_pagemap(&parent.join("pagemap-13131.img"));
-    entries.pop();
+    let dropped = entries.pop().unwrap().nr_pages.unwrap();
     write_pagemap(&parent.join("pagemap-13131.img"), &head, &entries);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(parent.join("pages-1.img"))
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len - dropped * 4096).unwrap();
     symlink("../predump", set.path("parent")).unwrap();
 
     assert_only(
@@ -308,4 +314,20 @@ fn every_problem_is_listed_with_file_entry_and_field_in_text() {
             .any(|line| line.starts_with("core-13131.img: ") && line.ends_with("[missing-image]"))
     );
     assert!(run.stderr.contains("3 problem(s) found"), "{}", run.stderr);
+}
+
+#[test]
+fn parent_pages_image_shorter_than_its_pagemap_is_reported() {
+    let set = copy_set("counter");
+    make_last_entry_a_parent_hole(&set, PID);
+    let parent = set.tmp.path().join("predump");
+    copy_dir(&fixture("counter"), &parent);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(parent.join("pages-1.img"))
+        .unwrap();
+    file.set_len(4096).unwrap();
+    symlink("../predump", set.path("parent")).unwrap();
+
+    assert_only(&set, found("parent", "parent/pages-1.img", None, None));
 }

@@ -28,6 +28,7 @@ use crate::analyse::progress::bytes_bar;
 ///              "vmas": [{"start", "end", "kind", "path"?, <the four counts>}]}}]}
 /// Addresses and register values are "0x…" strings; "changed" says whether anything differs.
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct DiffArgs {
     /// The earlier image set.
     pub a: PathBuf,

@@ -14,9 +14,11 @@ use crate::analyse::memview::{Needle, VmaFilter, read_strings, search, table};
 use crate::analyse::snapshot::TaskView;
 use crate::analyse::vma::{VmaKind, parse_prot_filter};
 
-/// Show a process's memory as dumped: a per-VMA table (default), a hexdump (--addr), search
-/// hits (--search, --search-hex, --regex), or argv/environment (--cmdline, --env) read from
-/// the process's own pages. Pages in `parent` image sets are followed.
+/// Show a process's memory as dumped: VMA table, hexdump, search, argv and environment.
+///
+/// Prints a per-VMA table (default), a hexdump (--addr), search hits (--search, --search-hex,
+/// --regex), or argv/environment (--cmdline, --env) read from the process's own pages. Pages
+/// in `parent` image sets are followed.
 ///
 /// The table lists per VMA: range, size, protection, kind and file, and where the pages are:
 /// in this set's pages image, in a parent, lazy (on a page server), or not dumped (zero for

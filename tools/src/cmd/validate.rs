@@ -6,10 +6,12 @@ use clap::Args;
 
 use crate::analyse::validate::validate_dir;
 
-/// Check an image set: magics and versions, required fields, pstree consistency, cores per
-/// thread, fdinfo/fs/mm ids present in files.img, VMAs sorted and non-overlapping, pagemap
-/// ranges inside VMAs, pages images as long as their pagemaps say, parent chains resolvable
-/// and acyclic.
+/// Check every structural and cross-reference rule of an image set, listing all problems.
+///
+/// Rules: magics and versions, required fields, pstree consistency, cores per thread,
+/// fdinfo/fs/mm ids present in files.img, VMAs sorted and non-overlapping, pagemap ranges
+/// inside VMAs, pages images as long as their pagemaps say, parent chains resolvable and
+/// acyclic.
 ///
 /// Every problem is listed, one a line: `FILE[: entry N][: field F]: MESSAGE [RULE]`.
 /// With --json: {"dir", "files_checked", "problems": [{"rule", "file", "entry"?, "field"?,

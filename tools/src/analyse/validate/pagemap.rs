@@ -11,7 +11,7 @@ use std::path::Path;
 use cryo_format::ImageFile;
 use cryo_format::magic::well_known;
 use cryo_format::pagemap::{PAGE_SIZE, PE_PARENT, PE_PRESENT};
-use cryo_format::schema::PagemapEntry;
+use cryo_format::schema::{PagemapEntry, PagemapHead};
 
 /// One pagemap entry, normalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +56,12 @@ impl MapEntry {
     }
 }
 
-/// Every entry after the head that decodes, or `None` when the image cannot be opened.
-pub(crate) fn read_entries(path: &Path) -> Option<Vec<MapEntry>> {
+/// The head's `pages_id` and every entry after the head that decodes, or `None` when the
+/// image cannot be opened or has no readable head.
+pub(crate) fn read_entries(path: &Path) -> Option<(u32, Vec<MapEntry>)> {
     let image = ImageFile::open_expect(path, well_known::pagemap()).ok()?;
+    let head = image.entries().next()?.ok()?;
+    let head: PagemapHead = image.decode(&head).ok()?;
     let entries = image
         .entries()
         .map_while(Result::ok)
@@ -68,5 +71,5 @@ pub(crate) fn read_entries(path: &Path) -> Option<Vec<MapEntry>> {
             Some(MapEntry::from_entry(entry.index, &decoded))
         })
         .collect();
-    Some(entries)
+    Some((head.pages_id, entries))
 }

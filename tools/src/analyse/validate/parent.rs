@@ -10,9 +10,13 @@ use super::pagemap::{MapEntry, read_entries};
 use super::tree::TreeFacts;
 use super::{Checker, Rule};
 use cryo_format::memory::MAX_PARENT_DEPTH;
+use cryo_format::pagemap::PAGE_SIZE;
 
 pub(crate) fn check_parent(checker: &mut Checker, tree: &TreeFacts) {
     let chain = resolve_chain(checker);
+    for dir in chain.iter().flatten() {
+        check_parent_pages(checker, dir, &tree.with_memory);
+    }
 
     for &pid in &tree.with_memory {
         let file = format!("pagemap-{pid}.img");
@@ -48,6 +52,43 @@ pub(crate) fn check_parent(checker: &mut Checker, tree: &TreeFacts) {
                 );
                 checker.report(Rule::Parent, &file, Some(index), Some("flags"), message);
             }
+        }
+    }
+}
+
+/// Checks that each pages image of a parent is as long as its pagemap says (a pre-dump holds
+/// only pagemaps and pages, so this is all there is to check in it).
+fn check_parent_pages(checker: &mut Checker, dir: &Path, pids: &[u32]) {
+    for pid in pids {
+        let pagemap = dir.join(format!("pagemap-{pid}.img"));
+        let label = |path: &Path| {
+            path.strip_prefix(&checker.dir)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        };
+        if !pagemap.exists() {
+            continue; // an entry that needs it is reported by first_missing
+        }
+        let Some((pages_id, entries)) = read_entries(&pagemap) else {
+            let message = "cannot be read as a pagemap image";
+            checker.report(Rule::Parent, &label(&pagemap), None, None, message);
+            continue;
+        };
+        let present: u64 = entries
+            .iter()
+            .filter(|entry| entry.is_present())
+            .map(|entry| entry.nr_pages)
+            .fold(0, u64::saturating_add);
+        let pages = dir.join(format!("pages-{pages_id}.img"));
+        let actual = std::fs::metadata(&pages).map_or(0, |meta| meta.len());
+        let expected = present.saturating_mul(PAGE_SIZE);
+        if actual != expected {
+            let message = format!(
+                "is {actual} bytes, but {} accounts for {present} present pages ({expected} bytes)",
+                label(&pagemap)
+            );
+            checker.report(Rule::Parent, &label(&pages), None, None, message);
         }
     }
 }
@@ -107,7 +148,7 @@ fn resolve_chain(checker: &mut Checker) -> Option<Vec<PathBuf>> {
 /// directory that should have held it.
 fn first_missing(chain: &[PathBuf], pid: u32, start: u64, end: u64) -> Option<(PathBuf, u64)> {
     let (dir, rest) = chain.split_first()?;
-    let Some(entries) = read_entries(&dir.join(format!("pagemap-{pid}.img"))) else {
+    let Some((_, entries)) = read_entries(&dir.join(format!("pagemap-{pid}.img"))) else {
         return Some((dir.clone(), start));
     };
     missing_in(&entries, dir, rest, pid, start, end)
