@@ -19,6 +19,11 @@
 //! | [`imageset`] | an image directory: typed accessors; writer committing the inventory last | [`ImageSet`], [`ImageSetWriter`] |
 //! | [`validate`], [`wire`], [`extra`] | required-field checks, the wire scanner, extra payload sizes | |
 //!
+//! Testing: `tests/` runs every reader and writer on the real CRIU 4.2 fixtures, every
+//! bad-input case by its error variant, hand-made parent chains, and `crit` decoding cryo's
+//! output. `examples/decode_bench.rs` measures throughput; the repo's `fuzz/` workspace fuzzes
+//! the decoder, the pagemap walker and parent chains.
+//!
 //! Errors are one `thiserror` enum per module; every variant names the file and, where it
 //! applies, the entry index, byte offset, field or address.
 //!

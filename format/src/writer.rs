@@ -168,6 +168,11 @@ impl ImageWriter {
         Ok(())
     }
 
+    /// Writes an entry as a reader returned it (payload and extra payload unchanged).
+    pub fn write_entry(&mut self, entry: &crate::image::RawEntry<'_>) -> Result<(), WriteError> {
+        self.write_raw(entry.payload, entry.extra.unwrap_or_default())
+    }
+
     fn check_extra(&self, payload: &[u8], extra: &[u8]) -> Result<(), WriteError> {
         let kind = self.magic.extra;
         // Ghost files and ipcns-msg payloads are framed by the caller; nothing to compare.

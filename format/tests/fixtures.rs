@@ -92,8 +92,7 @@ fn every_raw_entry_rewrites_byte_identical() {
             let mut w = ImageWriter::create(&copy, image.magic()).expect("create");
             for entry in image.entries() {
                 let entry = entry.expect("frames");
-                w.write_raw(entry.payload, entry.extra.unwrap_or(&[]))
-                    .expect("write");
+                w.write_entry(&entry).expect("write");
             }
             w.finish().expect("finish");
             assert_eq!(
