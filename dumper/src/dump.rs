@@ -26,12 +26,14 @@ use thiserror::Error;
 
 use crate::files::{FileTable, FilesError};
 use crate::ids::IdTable;
-use crate::pages::{self, ImageSink, PageSink, PagesError};
+use crate::pages::{self, ImageSink, PageServerSink, PageSink, PagesError};
 use crate::parasite::{Parasite, ParasiteError};
 use crate::remote::{self, RemoteError, RemoteThread};
 use crate::task::{self, TaskError};
 use crate::tree::{FreezeError, FrozenTree, TaskInfo};
 use crate::vma::{self, SmapsError};
+use cryo_pageserver::client::Client;
+use cryo_pageserver::protocol::DstId;
 
 /// Capacity of the page pipe (the default `/proc/sys/fs/pipe-max-size`).
 const PAGE_PIPE_CAPACITY: usize = 1 << 20;
@@ -47,6 +49,9 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// The tree is a shell job (its terminal is not part of the dump).
     pub shell_job: bool,
+    /// Send pages to this page server instead of writing `pagemap-*`/`pages-*` images
+    /// (the server writes them, as with CRIU's `--page-server`).
+    pub page_server: Option<std::net::SocketAddr>,
 }
 
 /// Figures of a finished dump.
@@ -83,6 +88,8 @@ pub enum DumpError {
     Images(#[from] ImageSetError),
     #[error(transparent)]
     PagesImage(#[from] PagesWriteError),
+    #[error(transparent)]
+    PageServer(#[from] cryo_pageserver::client::ClientError),
     #[error("process {pid}: cannot read {what}")]
     Proc {
         pid: i32,
@@ -137,6 +144,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         armed: true,
     };
 
+    let mut server = match opts.page_server {
+        Some(addr) => Some(Client::connect(addr)?),
+        None => None,
+    };
     let tree = FrozenTree::freeze(opts.pid)?;
     let frozen_at = Instant::now();
     let freezing = frozen_at - started;
@@ -160,6 +171,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
             info,
             pages_id,
             &set,
+            server.as_mut(),
             &mut files,
             &mut ids,
             &mut dumped_tables,
@@ -191,6 +203,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         set.write_pipes_data(&data)?;
     }
 
+    if let Some(client) = server.take() {
+        // The server has every page durably once CLOSE is acknowledged.
+        client.close()?;
+    }
     set.write_one("timens-0.img", well_known::timens(), &timens)?;
     let stats = StatsEntry {
         dump: Some(DumpStatsEntry {
@@ -251,6 +267,7 @@ fn dump_process(
     info: &TaskInfo,
     pages_id: u32,
     set: &cryo_format::ImageSetWriter,
+    server: Option<&mut Client>,
     files: &mut FileTable,
     ids: &mut IdTable,
     dumped_tables: &mut Vec<u32>,
@@ -309,13 +326,22 @@ fn dump_process(
     );
     let mem_started = Instant::now();
     parasite.open_page_pipe(PAGE_PIPE_CAPACITY)?;
-    let writer = set.pages(PagemapId::Pid(pid as u32), pages_id)?;
-    let mut sink = ImageSink {
-        writer,
-        name: format!("pages-{pages_id}.img"),
+    let moved = match server {
+        Some(client) => {
+            let dst = DstId::pid(pid as u64);
+            client.open2(dst)?;
+            let mut sink = PageServerSink { client, dst };
+            pages::transfer(&mut parasite, &runs, &mut sink as &mut dyn PageSink)?
+        }
+        None => {
+            let writer = set.pages(PagemapId::Pid(pid as u32), pages_id)?;
+            let name = format!("pages-{pages_id}.img");
+            let mut sink = ImageSink { writer, name };
+            let moved = pages::transfer(&mut parasite, &runs, &mut sink as &mut dyn PageSink)?;
+            sink.writer.finish()?;
+            moved
+        }
     };
-    let moved = pages::transfer(&mut parasite, &runs, &mut sink as &mut dyn PageSink)?;
-    sink.writer.finish()?;
     let memdump = mem_started.elapsed();
     tracing::debug!(
         pid,

@@ -119,14 +119,23 @@ fn main() -> anyhow::Result<()> {
             shell_job,
             page_server,
         } => {
-            if page_server.is_some() {
-                anyhow::bail!("--page-server is not implemented yet");
-            }
+            let page_server = match page_server {
+                Some(addr) => Some(
+                    std::net::ToSocketAddrs::to_socket_addrs(&addr)
+                        .with_context(|| format!("page server address {addr}"))?
+                        .next()
+                        .with_context(|| {
+                            format!("page server address {addr} resolves to nothing")
+                        })?,
+                ),
+                None => None,
+            };
             let opts = cryo_dumper::DumpOptions {
                 pid,
                 dir: dir.clone(),
                 leave_running,
                 shell_job,
+                page_server,
             };
             let summary = cryo_dumper::dump(&opts)
                 .with_context(|| format!("dump of {pid} into {} failed", dir.display()))?;

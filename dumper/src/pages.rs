@@ -207,6 +207,33 @@ impl PageSink for ImageSink {
     }
 }
 
+/// A sink into a page server: each run goes out as one `ADD_F` whose pages are spliced
+/// from the pipe straight into the socket.
+pub struct PageServerSink<'c> {
+    pub client: &'c mut cryo_pageserver::client::Client,
+    pub dst: cryo_pageserver::protocol::DstId,
+}
+
+impl std::fmt::Debug for PageServerSink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageServerSink")
+            .field("peer", &self.client.peer())
+            .finish()
+    }
+}
+
+impl PageSink for PageServerSink<'_> {
+    fn run(&mut self, run: &PageRun, pipe: &mut std::fs::File) -> std::io::Result<()> {
+        let lazy = run.flags & PE_LAZY != 0;
+        self.client
+            .add_from_fd(self.dst, run.vaddr, run.nr_pages, &*pipe, lazy)
+            .map_err(std::io::Error::other)
+    }
+    fn name(&self) -> String {
+        format!("page server {}", self.client.peer())
+    }
+}
+
 /// Moves the pages of `runs` out of the parasite's process into `sink`.
 ///
 /// The calling (tracing) thread drives `vmsplice` in the tracee; a scoped helper

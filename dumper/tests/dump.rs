@@ -17,6 +17,7 @@ fn opts(pid: i32, dir: &Path, leave_running: bool) -> DumpOptions {
         dir: dir.to_path_buf(),
         leave_running,
         shell_job: false,
+        page_server: None,
     }
 }
 
@@ -498,4 +499,55 @@ fn a_shell_checkpoints_itself_through_the_double_fork() {
     cryo_fixtures::wait_for_log_line(&log, |l| l == "tick=5", Duration::from_secs(10)).unwrap();
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn pages_stream_to_a_page_server_and_export_back_to_the_pattern() {
+    use cryo_pageserver::export::{ExportOptions, export_checkpoint};
+    use cryo_pageserver::server::{self, ParentPolicy, ServerConfig, SessionEnd};
+
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = cryo_pageserver::store::Store::open(store_dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(server::bind("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = std::sync::Arc::new(ServerConfig {
+        store: store.clone(),
+        parent_policy: ParentPolicy::None,
+        serve_checkpoint: None,
+    });
+    let session = rt.spawn(server::serve(listener, config, true));
+
+    let w = Workload::counter(8).unwrap();
+    let pid = w.pid();
+    let region = region_start(&w);
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(pid, dir.path(), true);
+    o.page_server = Some(addr);
+    dump(&o).unwrap();
+    assert!(dir.path().join("inventory.img").exists());
+    assert!(
+        !dir.path().join(format!("pagemap-{pid}.img")).exists(),
+        "pages went to the server"
+    );
+
+    let end = rt.block_on(session).unwrap().unwrap();
+    let Some(Ok(SessionEnd::Committed(info))) = end else {
+        panic!("session ended with {end:?}")
+    };
+    export_checkpoint(&store, info.id, dir.path(), &ExportOptions::default()).unwrap();
+    let mem = MemoryView::open_pid(dir.path(), pid as u32).unwrap();
+    for i in [0u64, 77, (8 << 20) / 8 - 1] {
+        assert_eq!(
+            mem.read_u64(region + i * 8).unwrap(),
+            pattern_word(i),
+            "word {i}"
+        );
+    }
 }
