@@ -232,12 +232,38 @@ impl MemoryView {
         self.layers.len()
     }
 
-    /// The page holding `vaddr`: its 4096 bytes, or why there are none.
+    /// The page holding `vaddr`: its 4096 bytes, or why there are none. Allocation-free, for
+    /// per-fault lookups.
     pub fn page(&self, vaddr: u64) -> Result<Source<'_>, MemoryError> {
         let start = vaddr - vaddr % PAGE_SIZE;
-        let mut out = Vec::with_capacity(1);
-        self.resolve(0, start, PAGE_SIZE, &mut out)?;
-        Ok(out[0].source)
+        for (depth, layer) in self.layers.iter().enumerate() {
+            let Some(run) = layer.pagemap.find(start) else {
+                if depth == 0 {
+                    return Ok(Source::Absent);
+                }
+                return Err(MemoryError::ParentLacksPage {
+                    pagemap: self.layers[depth - 1].pagemap.path().to_path_buf(),
+                    vaddr: start,
+                });
+            };
+            if run.is_present() {
+                return Ok(Source::Data {
+                    bytes: layer.data(run, start, PAGE_SIZE),
+                    depth,
+                });
+            }
+            if !run.in_parent() {
+                return Ok(Source::Lazy);
+            }
+        }
+        // Not reached: `open` follows the chain until a layer has no parent runs.
+        Err(MemoryError::ParentLacksPage {
+            pagemap: self.layers[self.layers.len() - 1]
+                .pagemap
+                .path()
+                .to_path_buf(),
+            vaddr: start,
+        })
     }
 
     /// The sources of `len` bytes at `vaddr`, split wherever the source changes.
