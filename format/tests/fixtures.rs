@@ -239,3 +239,58 @@ fn addresses_outside_every_run_are_absent() {
         cryo_format::MemoryError::NotReadable { what: "no run", .. }
     ));
 }
+
+/// Decodes `payload` as the prost struct of `message` and encodes it again.
+fn reencode(message: &str, payload: &[u8]) -> Option<Vec<u8>> {
+    use cryo_format::schema::*;
+    use prost::Message;
+    macro_rules! by_message {
+        ($($name:literal => $ty:ty),* $(,)?) => {
+            match message {
+                $($name => Some(<$ty>::decode(payload).expect("decodes").encode_to_vec()),)*
+                _ => None,
+            }
+        };
+    }
+    by_message! {
+        "criu.inventory_entry" => InventoryEntry,
+        "criu.pstree_entry" => PstreeEntry,
+        "criu.core_entry" => CoreEntry,
+        "criu.mm_entry" => MmEntry,
+        "criu.task_kobj_ids_entry" => TaskKobjIdsEntry,
+        "criu.fs_entry" => FsEntry,
+        "criu.file_entry" => FileEntry,
+        "criu.fdinfo_entry" => FdinfoEntry,
+        "criu.pagemap_head" => PagemapHead,
+        "criu.pagemap_entry" => PagemapEntry,
+        "criu.pipe_data_entry" => PipeDataEntry,
+        "criu.seccomp_entry" => SeccompEntry,
+        "criu.timens_entry" => TimensEntry,
+        "criu.stats_entry" => StatsEntry,
+    }
+}
+
+#[test]
+fn every_fixture_entry_reencodes_byte_identical_through_its_prost_struct() {
+    let mut checked = 0;
+    for set in SETS {
+        for path in image_files(set) {
+            let image = ImageFile::open(&path).unwrap();
+            for entry in image.entries() {
+                let entry = entry.unwrap();
+                let message = entry.message.unwrap();
+                let encoded = reencode(message, entry.payload)
+                    .unwrap_or_else(|| panic!("{}: no struct for {message}", path.display()));
+                assert_eq!(
+                    encoded,
+                    entry.payload,
+                    "{} entry {}",
+                    path.display(),
+                    entry.index
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300, "checked {checked} entries");
+}
