@@ -356,8 +356,19 @@ fn normalise(path: &Path, index: usize, e: EntryFields) -> Result<PageRun, Pagem
 /// Encodes a `pagemap_entry` the way CRIU 4.2 does: vaddr, compat_nr_pages = 0, flags,
 /// nr_pages.
 pub fn encode_entry(out: &mut Vec<u8>, vaddr: u64, nr_pages: u64, flags: u32) {
+    encode_entry_with_compat(out, vaddr, nr_pages, flags, 0);
+}
+
+/// Encodes a `pagemap_entry` that CRIU before 4.2 also reads: field 2 carries the page count
+/// too (when it fits a u32). CRIU 4.2 and cryo prefer field 5 when both are present.
+pub fn encode_entry_compat(out: &mut Vec<u8>, vaddr: u64, nr_pages: u64, flags: u32) {
+    let compat = u32::try_from(nr_pages).unwrap_or(0);
+    encode_entry_with_compat(out, vaddr, nr_pages, flags, compat);
+}
+
+fn encode_entry_with_compat(out: &mut Vec<u8>, vaddr: u64, nr_pages: u64, flags: u32, compat: u32) {
     wire::put_varint_field(out, 1, vaddr);
-    wire::put_varint_field(out, 2, 0);
+    wire::put_varint_field(out, 2, u64::from(compat));
     wire::put_varint_field(out, 4, u64::from(flags));
     wire::put_varint_field(out, 5, nr_pages);
 }

@@ -69,6 +69,7 @@ pub struct PagesWriter {
     prev_end: u64,
     entries: usize,
     present_pages: u64,
+    compat_nr_pages: bool,
     scratch: Vec<u8>,
 }
 
@@ -114,8 +115,16 @@ impl PagesWriter {
             prev_end: 0,
             entries: 0,
             present_pages: 0,
+            compat_nr_pages: false,
             scratch: Vec::with_capacity(32),
         })
+    }
+
+    /// Also writes each run's page count in field 2 (`compat_nr_pages`), so CRIU before 4.2
+    /// reads the runs too. Off by default: CRIU 4.2 writes 0 there, and so do we unless asked.
+    pub fn with_compat_nr_pages(mut self, on: bool) -> Self {
+        self.compat_nr_pages = on;
+        self
     }
 
     /// Appends present pages at `vaddr` (`data.len()` a multiple of 4096). `lazy` marks them
@@ -215,7 +224,12 @@ impl PagesWriter {
     fn flush_pending(&mut self) -> Result<(), PagesWriteError> {
         if let Some(p) = self.pending.take() {
             self.scratch.clear();
-            pagemap::encode_entry(&mut self.scratch, p.vaddr, p.nr_pages, p.flags);
+            let encode = if self.compat_nr_pages {
+                pagemap::encode_entry_compat
+            } else {
+                pagemap::encode_entry
+            };
+            encode(&mut self.scratch, p.vaddr, p.nr_pages, p.flags);
             let pagemap = self.pagemap.as_mut().expect("open until finish");
             pagemap.write_raw(&self.scratch, &[])?;
             self.entries += 1;

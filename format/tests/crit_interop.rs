@@ -94,3 +94,22 @@ fn crit_decodes_images_written_by_cryo() {
     assert_eq!(entries[1]["flags"], 6); // PE_LAZY | PE_PRESENT
     assert_eq!(entries[2]["flags"], 1); // PE_PARENT
 }
+
+#[test]
+fn crit_before_4_2_sees_page_counts_of_compat_pagemaps() {
+    if !Path::new(CRIT).exists() {
+        println!("skipped: {CRIT} is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut pages = cryo_format::PagesWriter::create(dir.path(), PagemapId::Pid(9), 1)
+        .unwrap()
+        .with_compat_nr_pages(true);
+    pages.add_pages(0x10000, &[1; 3 * 4096], false).unwrap();
+    pages.finish().unwrap();
+
+    let pagemap = crit_decode(&dir.path().join("pagemap-9.img"));
+    assert_eq!(pagemap["entries"][1]["nr_pages"], 3); // crit 3.17's name for field 2
+    let ours = cryo_format::Pagemap::open(dir.path().join("pagemap-9.img")).unwrap();
+    assert_eq!(ours.runs()[0].nr_pages, 3);
+}
