@@ -158,7 +158,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         "tree frozen"
     );
 
-    let mut files = FileTable::new();
+    let mut files = if opts.shell_job {
+        FileTable::for_shell_job()
+    } else {
+        FileTable::new()
+    };
     let mut ids = IdTable::new();
     let mut dumped_tables: Vec<u32> = Vec::new();
     let mut pages_written = 0;
@@ -194,6 +198,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         .collect();
     set.write_pstree(&pstree)?;
     set.write_files(files.files())?;
+    if !files.ttys().is_empty() {
+        set.write_all("tty-info.img", well_known::tty_info(), files.ttys())?;
+    }
     let pipes = files.pipes();
     if !pipes.is_empty() {
         let data: Vec<_> = pipes

@@ -551,3 +551,73 @@ fn pages_stream_to_a_page_server_and_export_back_to_the_pattern() {
         );
     }
 }
+
+#[test]
+fn a_shell_job_on_a_pty_dumps_its_terminal_only_with_shell_job() {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two fds into locals; the name/termios/winsize pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: openpty returned two new fds that we own from here on.
+    let (master, slave) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            // Only the terminal: no fd of the test harness or the pty master.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_millis(100));
+
+    let dir = tempfile::tempdir().unwrap();
+    let err = dump(&opts(pid, dir.path(), true)).unwrap_err();
+    assert!(err.to_string().contains("terminal"), "{err}");
+    assert!(!dir.path().join("inventory.img").exists());
+
+    let mut o = opts(pid, dir.path(), true);
+    o.shell_job = true;
+    dump(&o).unwrap();
+    let set = ImageSet::open(dir.path()).unwrap();
+    let files = set.files().unwrap();
+    let tty: Vec<_> = files.iter().filter_map(|f| f.tty.as_ref()).collect();
+    assert_eq!(tty.len(), 1, "fds 0-2 share one description: {files:?}");
+    let regf = files.iter().find(|f| Some(f.id) == tty[0].regf_id).unwrap();
+    assert!(regf.reg.as_ref().unwrap().name.starts_with("/dev/pts/"));
+    let fds = set.fdinfo(set.ids(pid as u32).unwrap().files_id).unwrap();
+    assert_eq!(
+        fds.iter()
+            .filter(|f| f.r#type == FdTypes::Tty as i32)
+            .count(),
+        3
+    );
+    crit_decodes_every_image(dir.path());
+
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(master);
+}
