@@ -120,6 +120,25 @@ impl ImageSet {
         Ok(ImageFile::open_or_empty(self.path(name), magic)?)
     }
 
+    /// Every entry of image `name` as `M` (absent = none), for images without an accessor
+    /// (`tty-info.img`, `seccomp.img`, `timens-0.img`...).
+    pub fn entries<M: Message + Default>(
+        &self,
+        name: &str,
+        magic: &'static Magic,
+    ) -> Result<Vec<M>, ImageSetError> {
+        Ok(self.image_or_empty(name, magic)?.decode_all()?)
+    }
+
+    /// The single entry of image `name` as `M`; the image must exist.
+    pub fn entry<M: Message + Default>(
+        &self,
+        name: &str,
+        magic: &'static Magic,
+    ) -> Result<M, ImageSetError> {
+        Ok(self.image(name, magic)?.decode_one()?)
+    }
+
     /// All processes, root first.
     pub fn pstree(&self) -> Result<Vec<PstreeEntry>, ImageSetError> {
         Ok(self

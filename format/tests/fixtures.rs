@@ -146,6 +146,14 @@ fn image_sets_decode_through_typed_accessors() {
         assert!(!tree.is_empty());
         assert_eq!(images.root().unwrap().ppid, 0);
         let files = images.files().expect("files");
+        let timens: cryo_format::schema::TimensEntry = images
+            .entry("timens-0.img", cryo_format::magic::well_known::timens())
+            .expect("timens");
+        assert!(timens.monotonic.tv_sec != 0 || timens.boottime.tv_sec != 0);
+        let ttys: Vec<cryo_format::schema::TtyInfoEntry> = images
+            .entries("tty-info.img", cryo_format::magic::well_known::tty_info())
+            .expect("absent tty-info reads as empty");
+        assert!(ttys.is_empty());
         assert!(!files.is_empty(), "{set}");
         for task in &tree {
             let ids = images.ids(task.pid).expect("ids");
