@@ -1,63 +1,33 @@
 //! Receiving one checkpoint: classify, hash, deduplicate, compress and append pages, then
 //! commit everything in one index transaction.
 //!
-//! Pages arrive in batches (a few hundred at a time). Each batch is first hashed in parallel
-//! (rayon; zero pages are detected before hashing and never hashed), then looked up — in the
-//! store's committed set, then in this session's own new pages — and the pages that are new
-//! are compressed in parallel with one reused zstd context per worker thread, then appended
-//! to the session's segment in order. Nothing here is visible to readers until
+//! Pages arrive in batches (a few hundred at a time). One parallel pass (rayon) over a batch
+//! detects zero pages (never hashed), hashes the others, looks them up in the store's
+//! committed set and compresses those it lacks, with one reused zstd context per worker
+//! thread. A serial pass then resolves duplicates within this session (dropping their
+//! compressed copies) and appends the new pages to the session's segment in order. Nothing here is visible to readers until
 //! [`CheckpointWriter::commit`] returns.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 use redb::ReadableTable;
 
-use super::segment::{Codec, RECORD_HEADER_LEN, SegmentWriter};
+use super::codec::{self, Codec};
+use super::segment::{self, RECORD_HEADER_LEN, SegmentWriter};
 use super::{
-    CHECKPOINTS, CheckpointInfo, CheckpointStats, PAGEMAPS, PAGES, PageHash, PageLoc, SEGMENTS,
-    Store, StoreError, StoredPagemap,
+    CHECKPOINTS, CheckpointInfo, CheckpointStats, HashIndex, PAGEMAPS, PageHash, PageLoc, SEGMENTS,
+    Store, StoreError, StoredPagemap, page_ref,
 };
 use crate::protocol::{DstId, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT};
 use crate::store::pagemap::Entry;
 
-/// A ref to a page this session wrote: high bit set, low bits = index into `new_pages`.
-const NEW_BIT: u64 = 1 << 63;
-
-struct NewPage {
-    hash: PageHash,
-    offset: u64,
-    stored_len: u32,
-    codec: Codec,
-}
-
-thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
-}
-
-/// Compresses one page with this thread's reused context; `None` means keep it raw.
-fn compress_page(level: i32, page: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    COMPRESSOR.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            let c = zstd::bulk::Compressor::new(level).map_err(StoreError::Zstd)?;
-            *slot = Some((level, c));
-        }
-        let (_, c) = slot.as_mut().expect("set above");
-        let mut out = vec![0u8; PAGE_SIZE];
-        match c.compress_to_buffer(page, &mut out[..]) {
-            Ok(n) if n + RECORD_HEADER_LEN < PAGE_SIZE => {
-                out.truncate(n);
-                Ok(Some(out))
-            }
-            // Too big for the page-sized buffer or no gain: store raw.
-            _ => Ok(None),
-        }
-    })
+/// What the parallel pass found out about one page.
+enum Class {
+    Zero,
+    Known(u64),
+    New(PageHash, Option<(Codec, Vec<u8>)>),
 }
 
 /// The checkpoint being received by one session.
@@ -67,8 +37,8 @@ pub struct CheckpointWriter {
     parent: Option<u64>,
     peer: String,
     segment: Option<SegmentWriter>,
-    session_hashes: HashMap<PageHash, u64>,
-    new_pages: Vec<NewPage>,
+    session_hashes: HashIndex,
+    new_pages: Vec<PageLoc>,
     pagemaps: Vec<StoredPagemap>,
     current: Option<usize>,
     /// Present pages the current entry still expects.
@@ -93,7 +63,7 @@ impl CheckpointWriter {
             parent,
             peer,
             segment: None,
-            session_hashes: HashMap::new(),
+            session_hashes: HashIndex::default(),
             new_pages: Vec::new(),
             pagemaps: Vec::new(),
             current: None,
@@ -172,71 +142,87 @@ impl CheckpointWriter {
         assert!(n <= self.expecting, "more pages than the entry announced");
         self.expecting -= n;
 
-        let hashes: Vec<Option<PageHash>> = data
-            .par_chunks(PAGE_SIZE)
-            .map(|page| (!is_zero(page)).then(|| *blake3::hash(page).as_bytes()))
-            .collect();
-
-        // Resolve against the committed set and this session; collect the genuinely new pages.
-        let mut refs = Vec::with_capacity(hashes.len());
-        let mut fresh: Vec<(usize, PageHash)> = Vec::new();
-        {
-            let known = self.store.known.lock().expect("dedup map poisoned");
-            for (k, h) in hashes.iter().enumerate() {
-                let r = match h {
-                    None => {
-                        self.stats.zero_pages += 1;
-                        0
-                    }
-                    Some(h) => match known.get(h).or_else(|| self.session_hashes.get(h)) {
-                        Some(&id) => {
-                            self.stats.dedup_pages += 1;
-                            id
-                        }
-                        None => {
-                            let local = NEW_BIT | (self.new_pages.len() + fresh.len()) as u64;
-                            self.session_hashes.insert(*h, local);
-                            fresh.push((k, *h));
-                            local
-                        }
-                    },
-                };
-                refs.push(r);
-            }
-        }
-
+        // One parallel pass: zero check, hash, committed-set lookup, and compression of pages
+        // the store does not have yet. Duplicates inside this session are resolved after.
         let level = self.store.zstd_level;
-        let compressed: Vec<Result<Option<Vec<u8>>, StoreError>> = fresh
-            .par_iter()
-            .map(|&(k, _)| compress_page(level, &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]))
-            .collect();
+        let classified: Vec<Result<Class, StoreError>> = {
+            let known = self.store.known.read().expect("dedup map poisoned");
+            data.par_chunks(PAGE_SIZE)
+                .map(|page| {
+                    if codec::is_zero(page) {
+                        return Ok(Class::Zero);
+                    }
+                    let hash = *blake3::hash(page).as_bytes();
+                    if let Some(&id) = known.get(&hash) {
+                        return Ok(Class::Known(id));
+                    }
+                    Ok(Class::New(hash, codec::encode_page(level, page)?))
+                })
+                .collect()
+        };
 
-        if !fresh.is_empty() && self.segment.is_none() {
-            let seg_id = self
-                .store
-                .next_segment
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.segment = Some(SegmentWriter::create(&self.store.segments_dir, seg_id)?);
-        }
-        for ((k, hash), packed) in fresh.into_iter().zip(compressed) {
-            let seg = self.segment.as_mut().expect("created above");
-            let packed = packed?;
-            let (codec, bytes) = match packed {
-                Some(ref z) => (Codec::Zstd, &z[..]),
-                None => (Codec::Raw, &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]),
+        let mut refs = Vec::with_capacity(classified.len());
+        for (k, class) in classified.into_iter().enumerate() {
+            let r = match class? {
+                Class::Zero => {
+                    self.stats.zero_pages += 1;
+                    0
+                }
+                Class::Known(r) => {
+                    self.stats.dedup_pages += 1;
+                    r
+                }
+                Class::New(hash, packed) => match self.session_hashes.get(&hash) {
+                    Some(&r) => {
+                        self.stats.dedup_pages += 1;
+                        r
+                    }
+                    None => {
+                        let page = &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE];
+                        let r = self.append(hash, packed, page)?;
+                        self.session_hashes.insert(hash, r);
+                        r
+                    }
+                },
             };
-            let offset = seg.append(codec, bytes)?;
-            self.stats.stored_bytes += (RECORD_HEADER_LEN + bytes.len()) as u64;
-            self.stats.new_pages += 1;
-            self.new_pages.push(NewPage {
-                hash,
-                offset,
-                stored_len: bytes.len() as u32,
-                codec,
-            });
+            refs.push(r);
         }
         self.pagemaps[i].refs.extend_from_slice(&refs);
         Ok(())
+    }
+
+    /// Appends a new page to this session's segment; returns its ref.
+    fn append(
+        &mut self,
+        hash: PageHash,
+        packed: Option<(Codec, Vec<u8>)>,
+        page: &[u8],
+    ) -> Result<u64, StoreError> {
+        if self.segment.is_none() {
+            let id = self
+                .store
+                .next_segment
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.segment = Some(SegmentWriter::create(&self.store.segments_dir, id)?);
+        }
+        let seg = self.segment.as_mut().expect("created above");
+        let index = u32::try_from(self.new_pages.len())
+            .map_err(|_| StoreError::SegmentFull { segment: seg.id() })?;
+        let (codec, bytes) = match packed {
+            Some((codec, ref z)) => (codec, &z[..]),
+            None => (Codec::Raw, page),
+        };
+        let offset = seg.append(codec, bytes)?;
+        self.stats.stored_bytes += (RECORD_HEADER_LEN + bytes.len()) as u64;
+        self.stats.new_pages += 1;
+        self.new_pages.push(PageLoc {
+            segment: seg.id(),
+            offset,
+            stored_len: bytes.len() as u32,
+            codec,
+            hash,
+        });
+        Ok(page_ref(seg.id(), index))
     }
 
     /// Pages the current present entry still waits for.
@@ -247,6 +233,7 @@ impl CheckpointWriter {
     /// Makes the checkpoint durable and listed: seal the segment, then commit the index.
     pub fn commit(mut self) -> Result<CheckpointInfo, StoreError> {
         let store = Arc::clone(&self.store);
+        let commit_started = Instant::now();
         let segment = self.segment.take();
         let sealed = match segment {
             Some(seg) => {
@@ -258,45 +245,14 @@ impl CheckpointWriter {
 
         let _commit = store.commit_lock.lock().expect("commit lock poisoned");
         let txn = store.db.writer()?.begin_write().map_err(|e| store.idx(e))?;
-        let mut ids = Vec::with_capacity(self.new_pages.len());
-        let mut added: Vec<(PageHash, u64)> = Vec::new();
-        {
-            let known = store.known.lock().expect("dedup map poisoned");
-            let mut pages = txn.open_table(PAGES).map_err(|e| store.idx(e))?;
-            for np in &self.new_pages {
-                // Another session may have committed the same content meanwhile.
-                if let Some(&id) = known.get(&np.hash) {
-                    ids.push(id);
-                    continue;
-                }
-                let id = store
-                    .next_page
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (segment, _) = sealed.expect("new pages imply a segment");
-                let loc = PageLoc {
-                    segment,
-                    offset: np.offset,
-                    stored_len: np.stored_len,
-                    codec: np.codec,
-                    hash: np.hash,
-                };
-                pages.insert(id, loc.encode()).map_err(|e| store.idx(e))?;
-                ids.push(id);
-                added.push((np.hash, id));
-            }
-        }
         if let Some((segment, len)) = sealed {
             let mut segs = txn.open_table(SEGMENTS).map_err(|e| store.idx(e))?;
-            segs.insert(segment, len).map_err(|e| store.idx(e))?;
+            let list = segment::encode_page_list(len, &self.new_pages);
+            segs.insert(segment, &list[..]).map_err(|e| store.idx(e))?;
         }
         {
             let mut pms = txn.open_table(PAGEMAPS).map_err(|e| store.idx(e))?;
-            for pm in &mut self.pagemaps {
-                for r in &mut pm.refs {
-                    if *r & NEW_BIT != 0 {
-                        *r = ids[(*r & !NEW_BIT) as usize];
-                    }
-                }
+            for pm in &self.pagemaps {
                 pms.insert((self.id, pm.dst.encode()), &pm.encode()[..])
                     .map_err(|e| store.idx(e))?;
             }
@@ -319,13 +275,31 @@ impl CheckpointWriter {
             cps.insert(self.id, &json[..]).map_err(|e| store.idx(e))?;
         }
         txn.commit().map_err(|e| store.idx(e))?;
+        tracing::debug!(
+            checkpoint = self.id,
+            new_pages = self.new_pages.len(),
+            commit_ms = commit_started.elapsed().as_millis() as u64,
+            "index committed"
+        );
 
-        store
-            .known
-            .lock()
-            .expect("dedup map poisoned")
-            .extend(added);
-        self.new_pages.clear();
+        // Now other sessions may deduplicate against these pages. If one committed the same
+        // content meanwhile, its copy stays the canonical one; ours is still valid for us.
+        {
+            let mut known = store.known.write().expect("dedup map poisoned");
+            for (i, loc) in self.new_pages.iter().enumerate() {
+                known
+                    .entry(loc.hash)
+                    .or_insert(page_ref(loc.segment, i as u32));
+            }
+        }
+        if let Some((segment, _)) = sealed {
+            let list = Arc::new(std::mem::take(&mut self.new_pages));
+            store
+                .segment_pages
+                .lock()
+                .expect("page list cache poisoned")
+                .insert(segment, list);
+        }
         self.pagemaps.clear();
         Ok(info)
     }
@@ -342,14 +316,4 @@ impl Drop for CheckpointWriter {
             }
         }
     }
-}
-
-/// Whether a page is all zero bytes.
-pub fn is_zero(page: &[u8]) -> bool {
-    let (head, words, tail) = {
-        // SAFETY: reinterpreting initialised bytes as u64 words is valid for any bit pattern;
-        // align_to only yields the correctly aligned middle part.
-        unsafe { page.align_to::<u64>() }
-    };
-    head.iter().all(|&b| b == 0) && tail.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0)
 }

@@ -13,15 +13,18 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `pages` | page id u64 (from 1) | segment u64, offset u64, stored_len u32, codec u8, BLAKE3 [32] |
-//! | `segments` | segment id u64 | sealed length u64 |
+//! | `segments` | segment id u64 (from 1) | sealed length u64, page count u64, then per page: offset u64, stored_len u32, codec u8, BLAKE3 [32] |
 //! | `checkpoints` | checkpoint id u64 | JSON [`CheckpointInfo`] |
 //! | `pagemaps` | (checkpoint id, encoded dst_id) | [`StoredPagemap`] encoding |
 //!
 //! A page is identified by the BLAKE3 hash of its 4096 bytes; a page whose hash is already in
 //! the store is not written again, whichever process, round or checkpoint sent it. All-zero
-//! pages are never hashed or stored: their ref is 0. Other pages are zstd-compressed (kept raw
-//! when that does not shrink them) into the segment of the session that first sent them.
+//! pages are never hashed or stored: their ref is 0. Other pages are encoded (zstd, arithmetic
+//! runs as 16 bytes, raw when nothing shrinks them; see `codec`) into the segment of the
+//! session that first sent them. A page ref is `segment id << 32 | index in that segment`; a
+//! segment's page list is one index value, written once when its session commits (one insert
+//! per checkpoint rather than one per page). On open, the writer loads every page list to
+//! rebuild its in-memory hash → ref map (45 bytes read per stored page).
 //!
 //! # Checkpoints and crash safety
 //!
@@ -35,6 +38,7 @@
 //! The store has one writer process (redb locks the index); within it, sessions ingest in
 //! parallel and serialise only their final commit.
 
+mod codec;
 mod ingest;
 mod pagemap;
 mod segment;
@@ -43,14 +47,15 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+pub use codec::Codec;
 pub use ingest::CheckpointWriter;
 pub use pagemap::{Entry, Located, StoredPagemap};
-pub use segment::Codec;
 
 use crate::protocol::{DstId, PAGE_SIZE};
 
@@ -60,8 +65,7 @@ pub const STORE_VERSION: u32 = 1;
 /// A page's content address.
 pub type PageHash = [u8; 32];
 
-const PAGES: TableDefinition<u64, [u8; 53]> = TableDefinition::new("pages");
-const SEGMENTS: TableDefinition<u64, u64> = TableDefinition::new("segments");
+const SEGMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("segments");
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 const PAGEMAPS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("pagemaps");
 
@@ -98,6 +102,8 @@ pub enum StoreError {
     MissingPage { page: u64 },
     #[error("checkpoint {checkpoint} does not exist or is incomplete")]
     NoCheckpoint { checkpoint: u64 },
+    #[error("segment {segment}: more than 2^32 pages in one checkpoint")]
+    SegmentFull { segment: u64 },
     #[error("the store is open read-only")]
     ReadOnly,
     #[error("compression")]
@@ -178,32 +184,32 @@ pub struct PageLoc {
     pub hash: PageHash,
 }
 
-impl PageLoc {
-    fn encode(&self) -> [u8; 53] {
-        let mut b = [0u8; 53];
-        b[..8].copy_from_slice(&self.segment.to_le_bytes());
-        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
-        b[16..20].copy_from_slice(&self.stored_len.to_le_bytes());
-        b[20] = self.codec as u8;
-        b[21..].copy_from_slice(&self.hash);
-        b
+/// Builds a page ref from a segment id and an index in it.
+pub fn page_ref(segment: u64, index: u32) -> u64 {
+    (segment << 32) | u64::from(index)
+}
+
+/// Hasher for maps keyed by BLAKE3 hashes: the key is already uniformly random, so its first
+/// eight bytes are the hash (no SipHash pass per lookup).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrefixHasher(u64);
+
+impl std::hash::Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
     }
 
-    fn decode(page: u64, b: &[u8; 53]) -> Result<Self, StoreError> {
-        let codec = Codec::from_u8(b[20]).ok_or(StoreError::CorruptRecord {
-            segment: u64::from_le_bytes(b[..8].try_into().expect("8")),
-            offset: 0,
-            reason: format!("page {page}: codec {}", b[20]),
-        })?;
-        Ok(Self {
-            segment: u64::from_le_bytes(b[..8].try_into().expect("8")),
-            offset: u64::from_le_bytes(b[8..16].try_into().expect("8")),
-            stored_len: u32::from_le_bytes(b[16..20].try_into().expect("4")),
-            codec,
-            hash: b[21..].try_into().expect("32"),
-        })
+    fn write(&mut self, bytes: &[u8]) {
+        // Arrays hash their bytes in one call after no length prefix; take the first 8.
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(b);
     }
 }
+
+/// The dedup map type.
+pub type HashIndex = HashMap<PageHash, u64, std::hash::BuildHasherDefault<PrefixHasher>>;
 
 /// Totals over the whole store.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -243,8 +249,9 @@ pub struct Store {
     index_path: PathBuf,
     db: Db,
     /// Hash → page id of every committed page (the dedup lookup).
-    known: Mutex<HashMap<PageHash, u64>>,
-    next_page: AtomicU64,
+    known: RwLock<HashIndex>,
+    /// Page lists of committed segments, decoded on first use.
+    segment_pages: Mutex<HashMap<u64, Arc<Vec<PageLoc>>>>,
     next_segment: AtomicU64,
     next_checkpoint: AtomicU64,
     /// Serialises commits so that the dedup map and the index agree.
@@ -284,7 +291,6 @@ impl Store {
             .map_err(|e| idx(e.into()))?;
         let txn = db.begin_write().map_err(|e| idx(e.into()))?;
         {
-            txn.open_table(PAGES).map_err(|e| idx(e.into()))?;
             txn.open_table(SEGMENTS).map_err(|e| idx(e.into()))?;
             txn.open_table(CHECKPOINTS).map_err(|e| idx(e.into()))?;
             txn.open_table(PAGEMAPS).map_err(|e| idx(e.into()))?;
@@ -316,29 +322,24 @@ impl Store {
             source,
         };
         let writable = matches!(db, Db::Write(_));
-        let mut known = HashMap::new();
-        let mut next_page = 1;
+        let mut known = HashIndex::default();
         let mut committed_segments = HashMap::new();
         let mut next_checkpoint = 1;
         {
             let read = db.begin_read().map_err(|e| idx(e.into()))?;
-            let pages = read.open_table(PAGES).map_err(|e| idx(e.into()))?;
-            // Only a writer deduplicates; readers skip loading every hash.
-            let rows = if writable {
-                Some(pages.iter().map_err(|e| idx(e.into()))?)
-            } else {
-                None
-            };
-            for row in rows.into_iter().flatten() {
-                let (k, v) = row.map_err(|e| idx(e.into()))?;
-                let loc = PageLoc::decode(k.value(), &v.value())?;
-                known.insert(loc.hash, k.value());
-                next_page = next_page.max(k.value() + 1);
-            }
             let segs = read.open_table(SEGMENTS).map_err(|e| idx(e.into()))?;
             for row in segs.iter().map_err(|e| idx(e.into()))? {
                 let (k, v) = row.map_err(|e| idx(e.into()))?;
-                committed_segments.insert(k.value(), v.value());
+                let (len, pages) = segment::decode_page_list(k.value(), v.value())?;
+                // Only a writer deduplicates; readers skip building the hash map.
+                if writable {
+                    for (i, loc) in pages.iter().enumerate() {
+                        known
+                            .entry(loc.hash)
+                            .or_insert(page_ref(k.value(), i as u32));
+                    }
+                }
+                committed_segments.insert(k.value(), len);
             }
             let cps = read.open_table(CHECKPOINTS).map_err(|e| idx(e.into()))?;
             if let Some((k, _)) = cps.last().map_err(|e| idx(e.into()))? {
@@ -369,8 +370,8 @@ impl Store {
             segments_dir,
             index_path,
             db,
-            known: Mutex::new(known),
-            next_page: AtomicU64::new(next_page),
+            known: RwLock::new(known),
+            segment_pages: Mutex::new(HashMap::new()),
             next_segment: AtomicU64::new(next_segment),
             next_checkpoint: AtomicU64::new(next_checkpoint),
             commit_lock: Mutex::new(()),
@@ -464,21 +465,52 @@ impl Store {
             .transpose()
     }
 
-    /// Looks up where page ids are stored (one read transaction for all).
-    pub fn locate_pages(&self, ids: &[u64]) -> Result<Vec<Option<PageLoc>>, StoreError> {
-        let read = self.db.begin_read().map_err(|e| self.idx(e))?;
-        let table = read.open_table(PAGES).map_err(|e| self.idx(e))?;
-        let mut out = Vec::with_capacity(ids.len());
-        for &id in ids {
-            if id == 0 {
+    /// Looks up where page refs are stored (0 = zero page → `None`).
+    pub fn locate_pages(&self, refs: &[u64]) -> Result<Vec<Option<PageLoc>>, StoreError> {
+        let mut out = Vec::with_capacity(refs.len());
+        let mut last: Option<(u64, Arc<Vec<PageLoc>>)> = None;
+        for &r in refs {
+            if r == 0 {
                 out.push(None);
                 continue;
             }
-            let row = table.get(id).map_err(|e| self.idx(e))?;
-            let row = row.ok_or(StoreError::MissingPage { page: id })?;
-            out.push(Some(PageLoc::decode(id, &row.value())?));
+            let (segment, index) = (r >> 32, (r & 0xffff_ffff) as usize);
+            let pages = match &last {
+                Some((s, p)) if *s == segment => Arc::clone(p),
+                _ => {
+                    let p = self.page_list(segment)?;
+                    last = Some((segment, Arc::clone(&p)));
+                    p
+                }
+            };
+            let loc = pages
+                .get(index)
+                .ok_or(StoreError::MissingPage { page: r })?;
+            out.push(Some(*loc));
         }
         Ok(out)
+    }
+
+    fn page_list(&self, segment: u64) -> Result<Arc<Vec<PageLoc>>, StoreError> {
+        if let Some(p) = self
+            .segment_pages
+            .lock()
+            .expect("page list cache poisoned")
+            .get(&segment)
+        {
+            return Ok(Arc::clone(p));
+        }
+        let read = self.db.begin_read().map_err(|e| self.idx(e))?;
+        let table = read.open_table(SEGMENTS).map_err(|e| self.idx(e))?;
+        let row = table.get(segment).map_err(|e| self.idx(e))?;
+        let row = row.ok_or(StoreError::MissingPage {
+            page: segment << 32,
+        })?;
+        let (_, pages) = segment::decode_page_list(segment, row.value())?;
+        let pages = Arc::new(pages);
+        let mut cache = self.segment_pages.lock().expect("page list cache poisoned");
+        cache.insert(segment, Arc::clone(&pages));
+        Ok(pages)
     }
 
     /// Reads page refs (0 = zero page) into `out`, 4096 bytes each.
@@ -504,18 +536,7 @@ impl Store {
                 offset: loc.offset,
                 reason,
             };
-            match codec {
-                Codec::Raw if raw.len() == PAGE_SIZE => page.copy_from_slice(&raw),
-                Codec::Raw => return Err(bad(format!("raw record of {} bytes", raw.len()))),
-                Codec::Zstd => {
-                    let n = dec
-                        .decompress_to_buffer(&raw[..], page)
-                        .map_err(|e| bad(e.to_string()))?;
-                    if n != PAGE_SIZE {
-                        return Err(bad(format!("decompressed to {n} bytes")));
-                    }
-                }
-            }
+            codec::decode_page(codec, &raw, page, &mut dec).map_err(bad)?;
         }
         Ok(())
     }
@@ -537,17 +558,18 @@ impl Store {
     pub fn totals(&self) -> Result<StoreTotals, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.idx(e))?;
         let cps = read.open_table(CHECKPOINTS).map_err(|e| self.idx(e))?;
-        let pages = read.open_table(PAGES).map_err(|e| self.idx(e))?;
         let segs = read.open_table(SEGMENTS).map_err(|e| self.idx(e))?;
-        let mut segment_bytes = 0;
-        for row in segs.iter().map_err(|e| self.idx(e))? {
-            segment_bytes += row.map_err(|e| self.idx(e))?.1.value();
-        }
-        Ok(StoreTotals {
+        let mut totals = StoreTotals {
             checkpoints: cps.len().map_err(|e| self.idx(e))?,
-            unique_pages: pages.len().map_err(|e| self.idx(e))?,
-            segment_bytes,
-        })
+            ..StoreTotals::default()
+        };
+        for row in segs.iter().map_err(|e| self.idx(e))? {
+            let (k, v) = row.map_err(|e| self.idx(e))?;
+            let (len, count) = segment::page_list_header(k.value(), v.value())?;
+            totals.segment_bytes += len;
+            totals.unique_pages += count;
+        }
+        Ok(totals)
     }
 }
 

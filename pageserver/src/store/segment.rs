@@ -7,8 +7,7 @@
 //! ```
 //!
 //! All integers are little-endian. `data_crc` is CRC32C of `data`; `head_crc` is CRC32C of the
-//! first 12 bytes of the record header. `codec` 0 = raw 4096 bytes, 1 = one zstd frame that
-//! decompresses to exactly 4096 bytes. Records are addressed by the byte offset of their
+//! first 12 bytes of the record header. `codec` is a [`Codec`] (raw, zstd, delta + zstd). Records are addressed by the byte offset of their
 //! header, which the index stores. A segment belongs to one ingest session; it is fsynced and
 //! sealed before the session's checkpoint is committed and is never written again.
 
@@ -17,31 +16,14 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::StoreError;
+pub use super::codec::Codec;
+use super::{PageLoc, StoreError};
 use crate::protocol::PAGE_SIZE;
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"CRYOSEG\0";
 pub const SEGMENT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: u64 = 16;
 pub const RECORD_HEADER_LEN: usize = 16;
-
-/// How a page record's data is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Codec {
-    Raw = 0,
-    Zstd = 1,
-}
-
-impl Codec {
-    pub fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0 => Some(Codec::Raw),
-            1 => Some(Codec::Zstd),
-            _ => None,
-        }
-    }
-}
 
 /// File name of segment `id` inside the store's `segments/` directory.
 pub fn segment_file_name(id: u64) -> String {
@@ -180,4 +162,68 @@ pub fn check_header(file: &File, segment: u64) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+const PAGE_LIST_HEAD: usize = 16;
+const PAGE_LIST_ENTRY: usize = 45;
+
+/// Encodes a sealed segment's page list for the index: sealed length, count, then per page
+/// offset u64, stored_len u32, codec u8, hash [32].
+pub fn encode_page_list(sealed_len: u64, pages: &[PageLoc]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PAGE_LIST_HEAD + pages.len() * PAGE_LIST_ENTRY);
+    out.extend_from_slice(&sealed_len.to_le_bytes());
+    out.extend_from_slice(&(pages.len() as u64).to_le_bytes());
+    for p in pages {
+        out.extend_from_slice(&p.offset.to_le_bytes());
+        out.extend_from_slice(&p.stored_len.to_le_bytes());
+        out.push(p.codec as u8);
+        out.extend_from_slice(&p.hash);
+    }
+    out
+}
+
+/// Reads the sealed length and page count of a page list.
+pub fn page_list_header(segment: u64, bytes: &[u8]) -> Result<(u64, u64), StoreError> {
+    let bad = |reason: String| StoreError::CorruptRecord {
+        segment,
+        offset: 0,
+        reason,
+    };
+    if bytes.len() < PAGE_LIST_HEAD {
+        return Err(bad(format!("page list of {} bytes", bytes.len())));
+    }
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let count = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let want = count
+        .checked_mul(PAGE_LIST_ENTRY as u64)
+        .and_then(|b| b.checked_add(PAGE_LIST_HEAD as u64));
+    if want != Some(bytes.len() as u64) {
+        return Err(bad(format!(
+            "page list says {count} pages in {} bytes",
+            bytes.len()
+        )));
+    }
+    Ok((len, count))
+}
+
+/// Decodes a page list.
+pub fn decode_page_list(segment: u64, bytes: &[u8]) -> Result<(u64, Vec<PageLoc>), StoreError> {
+    let (len, _) = page_list_header(segment, bytes)?;
+    let mut pages = Vec::with_capacity((bytes.len() - PAGE_LIST_HEAD) / PAGE_LIST_ENTRY);
+    for e in bytes[PAGE_LIST_HEAD..].chunks_exact(PAGE_LIST_ENTRY) {
+        let offset = u64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
+        let codec = Codec::from_u8(e[12]).ok_or_else(|| StoreError::CorruptRecord {
+            segment,
+            offset,
+            reason: format!("page list names codec {}", e[12]),
+        })?;
+        pages.push(PageLoc {
+            segment,
+            offset,
+            stored_len: u32::from_le_bytes(e[8..12].try_into().expect("4 bytes")),
+            codec,
+            hash: e[13..].try_into().expect("32 bytes"),
+        });
+    }
+    Ok((len, pages))
 }
