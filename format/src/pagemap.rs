@@ -195,7 +195,9 @@ impl Pagemap {
             .map_err(|e| wire_err(0, e))?
             .unwrap_or(0) as u32;
 
-        let mut runs = Vec::with_capacity(image.body().len() / 16);
+        // A pagemap entry takes at least ~16 bytes; the cap keeps a huge file from reserving
+        // memory before its entries prove to be real.
+        let mut runs = Vec::with_capacity((image.body().len() / 16).min(1 << 16));
         let mut offset = 0u64;
         for entry in entries {
             let entry = entry?;
