@@ -235,3 +235,32 @@ fn processes_added_and_gone_are_listed() {
     assert_eq!(report["processes"]["removed"], serde_json::json!([13131]));
     assert_eq!(report["tasks"], serde_json::json!([]));
 }
+
+#[test]
+fn threads_added_and_gone_are_listed() {
+    let set = copy_set("threads4");
+    rewrite::<cryo_format::schema::PstreeEntry>(
+        &set.path("pstree.img"),
+        well_known::pstree(),
+        |tree| {
+            let gone = tree[0].threads.remove(2);
+            assert_eq!(gone, 13181);
+        },
+    );
+    std::fs::remove_file(set.path("core-13181.img")).unwrap();
+    rewrite::<CoreEntry>(&set.path("core-13178.img"), well_known::core(), |cores| {
+        cores[0].tc.as_mut().unwrap().comm = "renamed".to_owned();
+    });
+
+    let report = diff_json(&set_path("threads4"), set.dir_str());
+    let leader = task(&report, 13178);
+    assert_eq!(leader["threads"]["removed"], serde_json::json!([13181]));
+    assert_eq!(leader["threads"]["added"], serde_json::json!([]));
+    assert_eq!(leader["comm"], "mem");
+    assert_eq!(leader["comm_b"], "renamed");
+
+    // The other way round the thread is added.
+    let report = diff_json(set.dir_str(), &set_path("threads4"));
+    let leader = task(&report, 13178);
+    assert_eq!(leader["threads"]["added"], serde_json::json!([13181]));
+}

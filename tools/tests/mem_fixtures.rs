@@ -212,6 +212,18 @@ fn unknown_pid_and_bad_arguments_are_clear_errors() {
     let run = imgtool(&["mem", &set("counter"), "--addr", "0xzz"]);
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("not a number"), "{}", run.stderr);
+
+    // A context larger than memory is clamped, not an overflow.
+    let run = imgtool(&[
+        "mem",
+        &set("counter"),
+        "--search",
+        "/tmp/fx",
+        "--context",
+        &u64::MAX.to_string(),
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.ends_with("2 hit(s)\n"), "{}", run.stdout);
 }
 
 #[test]

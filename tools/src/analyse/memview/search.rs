@@ -70,7 +70,7 @@ pub fn search(
                 .take(limit)
                 .map(|found| {
                     let from = found.start().saturating_sub(context);
-                    let to = (found.end() + context).min(bytes.len());
+                    let to = found.end().saturating_add(context).min(bytes.len());
                     let vaddr = span.vaddr + found.start() as u64;
                     Hit {
                         vaddr,
