@@ -70,6 +70,7 @@ fn live_python_argv_and_environment_match_proc() {
         dir: dir.clone(),
         leave_running: false,
         shell_job: false,
+        page_server: None,
     })
     .expect("the dumper checkpoints python3");
 
