@@ -172,3 +172,47 @@ fn show_nopl_summarises_payloads_and_info_counts_entries() {
         reference["entries"].as_array().unwrap().len() - 1
     );
 }
+
+#[test]
+fn directory_decode_then_encode_rebuilds_every_image() {
+    for set in fixture_sets() {
+        // A dump directory also holds logs; they are not images and must not get in the way.
+        let input = tempfile::tempdir().unwrap();
+        for (image, _) in images_with_json(&set) {
+            std::fs::copy(&image, input.path().join(image.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(input.path().join("dump.log"), "(00.000) Version: 4.2\n").unwrap();
+
+        let json = tempfile::tempdir().unwrap();
+        let rebuilt = tempfile::tempdir().unwrap();
+        imgtool_ok(
+            &[
+                "decode".as_ref(),
+                "-D".as_ref(),
+                input.path().as_os_str(),
+                "-o".as_ref(),
+                json.path().as_os_str(),
+            ],
+            None,
+        );
+        imgtool_ok(
+            &[
+                "encode".as_ref(),
+                "-D".as_ref(),
+                json.path().as_os_str(),
+                "-o".as_ref(),
+                rebuilt.path().as_os_str(),
+            ],
+            None,
+        );
+        for (image, _) in images_with_json(&set) {
+            let name = image.file_name().unwrap();
+            assert!(
+                std::fs::read(rebuilt.path().join(name)).unwrap() == std::fs::read(&image).unwrap(),
+                "{} not rebuilt byte for byte",
+                image.display()
+            );
+        }
+        assert!(!rebuilt.path().join("dump.log").exists());
+    }
+}

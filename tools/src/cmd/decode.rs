@@ -31,8 +31,8 @@ pub struct Args {
     /// Render hex addresses, flag names, devices and addresses like `crit decode --pretty`.
     #[arg(long)]
     pub pretty: bool,
-    /// Decode every image of an image directory in parallel (pages and other raw images are
-    /// skipped). Needs --out DIR.
+    /// Decode every image of an image directory in parallel (`*.img` and the stats/irmap
+    /// service images; pages and other raw images are skipped). Needs --out DIR.
     #[arg(short = 'D', long, value_name = "DIR", requires = "output")]
     pub dir: Option<PathBuf>,
 }
@@ -77,6 +77,12 @@ pub fn is_raw_image_name(name: &str) -> bool {
         .any(|m| matches_pattern(name, m.file))
 }
 
+/// Whether `name` is named like an image: `*.img`, or one of the service images that CRIU
+/// writes without the suffix. Logs, JSON and other files of a dump directory are not.
+pub fn is_image_name(name: &str) -> bool {
+    name.ends_with(".img") || matches!(name, "stats-dump" | "stats-restore" | "irmap-cache")
+}
+
 /// `name` against a CRIU file pattern with one `%u`/`%lu`/`%x`/`%d` placeholder.
 fn matches_pattern(name: &str, pattern: &str) -> bool {
     let Some(at) = pattern.find('%') else {
@@ -105,7 +111,8 @@ fn decode_dir(dir: &Path, out: &Path, opts: RenderOptions) -> Result<()> {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        if is_raw_image_name(&name) || name.ends_with(".json") {
+        if is_raw_image_name(&name) || !is_image_name(&name) {
+            tracing::debug!(name, "not a protobuf image, skipped");
             continue;
         }
         names.push(name);
@@ -150,5 +157,7 @@ mod tests {
         assert!(!is_raw_image_name("pagemap-13131.img"));
         assert!(!is_raw_image_name("core-1.img"));
         assert!(!is_raw_image_name("pages-.img"));
+        assert!(is_image_name("stats-dump") && is_image_name("core-1.img"));
+        assert!(!is_image_name("dump.log") && !is_image_name("core-1.img.json"));
     }
 }
