@@ -213,6 +213,29 @@ mod tests {
     }
 
     #[test]
+    fn task_states_use_criu_names_not_crits_swapped_ones() {
+        let desc = cryo_format::schema::descriptor_pool()
+            .get_message_by_name("criu.task_core_entry")
+            .unwrap();
+        let field = desc.get_field_by_name("task_state").unwrap();
+        for (state, name) in [(1u32, "Alive"), (3, "Stopped"), (6, "Zombie")] {
+            let mut msg = DynamicMessage::new(desc.clone());
+            msg.set_field(&field, Value::U32(state));
+            assert_eq!(message(&msg, true)["task_state"], Json::from(name));
+            assert_eq!(message(&msg, false)["task_state"], Json::from(state));
+
+            let json = serde_json::json!({"task_state": name, "exit_code": 0, "personality": 0,
+                "flags": 0, "blk_sigset": "0x0", "comm": "x"});
+            let back = super::super::parse::message(&desc, &json).unwrap();
+            assert_eq!(back.get_field(&field).as_u32(), Some(state));
+        }
+        // A state without a name (2, dead) stays a number.
+        let mut msg = DynamicMessage::new(desc.clone());
+        msg.set_field(&field, Value::U32(2));
+        assert_eq!(message(&msg, true)["task_state"], Json::from(2));
+    }
+
+    #[test]
     fn unix_names_are_quoted_printable() {
         assert_eq!(quoted_printable(b"/run/x\0.sock\xff"), "/run/x=00.sock=FF");
         assert_eq!(quoted_printable(b"a=b "), "a=3Db=20");
