@@ -17,7 +17,8 @@ use cryo_format::schema::{
 use crate::json::output;
 use crate::json::render::quoted_printable;
 
-/// Explore an image directory like `crit x`.
+/// Explore an image directory like `crit x` (same text output; `fd` and `mem` are accepted
+/// as go-crit spells them).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The image directory.
@@ -32,8 +33,10 @@ pub enum What {
     /// The process tree: PID, PGID, SID and command, children indented.
     Ps,
     /// Open files of each process, with cwd and root.
+    #[value(alias = "fd")]
     Fds,
     /// The memory mappings of each process.
+    #[value(alias = "mem")]
     Mems,
     /// Resident pages (pagemap entries) against the mappings they fall in.
     Rss,
