@@ -78,6 +78,12 @@ pub enum PlanError {
         end: u64,
         problem: &'static str,
     },
+    #[error("task {pid}: mapped file {path}: {problem}")]
+    MappedFile {
+        pid: i32,
+        path: PathBuf,
+        problem: String,
+    },
     #[error("pid {pid} ({what}) is already in use on this system")]
     IdInUse { pid: i32, what: &'static str },
 }
@@ -256,6 +262,40 @@ impl RestorePlan {
         for (pid, what) in self.ids() {
             if Path::new(&format!("/proc/{pid}")).exists() {
                 return Err(PlanError::IdInUse { pid, what });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every mapped file and exe exists, with its dumped size when the
+    /// image recorded one.
+    pub fn check_mapped_files(&self) -> Result<(), PlanError> {
+        for p in &self.processes {
+            let file_ids = p
+                .mm
+                .vmas
+                .iter()
+                .filter(|v| v.status & (vma_status::FILE_PRIVATE | vma_status::FILE_SHARED) != 0)
+                .map(|v| v.shmid as u32)
+                .chain(std::iter::once(p.mm.exe_file_id));
+            for id in file_ids {
+                let Some(FileSpec::Regular { path, size, .. }) = self.files.get(&id) else {
+                    continue;
+                };
+                let problem = |problem: String| PlanError::MappedFile {
+                    pid: p.pid,
+                    path: path.clone(),
+                    problem,
+                };
+                let meta = std::fs::metadata(path).map_err(|e| problem(e.to_string()))?;
+                if let Some(size) = size
+                    && meta.len() != *size
+                {
+                    return Err(problem(format!(
+                        "{} bytes now, {size} at the dump",
+                        meta.len()
+                    )));
+                }
             }
         }
         Ok(())
@@ -516,6 +556,20 @@ mod tests {
         plan.processes[0].threads[0].tid = own;
         let err = plan.check_ids_free().unwrap_err();
         assert!(matches!(err, PlanError::IdInUse { pid, .. } if pid == own));
+    }
+
+    #[test]
+    fn missing_mapped_file_is_named() {
+        let mut plan = RestorePlan::load(&fixture("counter")).unwrap();
+        let exe = plan.processes[0].mm.exe_file_id;
+        let Some(FileSpec::Regular { path, .. }) = plan.files.get_mut(&exe) else {
+            panic!("exe is a regular file");
+        };
+        *path = "/nonexistent/cryo-exe".into();
+        let err = plan.check_mapped_files().unwrap_err();
+        assert!(
+            matches!(&err, PlanError::MappedFile { pid: 13131, path, .. } if path == Path::new("/nonexistent/cryo-exe"))
+        );
     }
 
     #[test]

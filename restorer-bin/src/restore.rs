@@ -51,7 +51,7 @@ pub enum RestoreError {
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
     Switch(#[from] thread::SwitchError),
-    #[error("detaching thread {tid}")]
+    #[error("releasing thread {tid}")]
     Detach {
         tid: i32,
         #[source]
@@ -110,6 +110,7 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     let plan = RestorePlan::load(opts.dir)?;
     plan.check_ids_free()?;
+    plan.check_mapped_files()?;
 
     let views = plan
         .processes
@@ -162,11 +163,16 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
         let blocked = p.task_core().blk_sigset;
         for (t, th) in threads.iter_mut().zip(&p.threads).skip(1) {
             t.gadget = scratch.addr;
-            thread::prepare_thread(t, th, blocked, scratch, false)?;
+            let mask = thread::prepare_thread(t, p.pid, th, blocked, scratch, false)?;
             thread::set_final_regs(t, th)?;
+            t.set_sigmask(mask).map_err(|source| RestoreError::Detach {
+                tid: th.tid,
+                source,
+            })?;
         }
-        thread::prepare_thread(&threads[0], &p.threads[0], blocked, scratch, true)?;
-        thread::finish_process(&threads[0], p, scratch, fd_base)?;
+        let leader = &threads[0];
+        let mask = thread::prepare_thread(leader, p.pid, &p.threads[0], blocked, scratch, true)?;
+        thread::finish_process(leader, p, scratch, fd_base, mask)?;
         tracing::debug!(pid = p.pid, "process ready");
     }
 

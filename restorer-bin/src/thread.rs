@@ -4,7 +4,8 @@
 //! State that the kernel keeps per thread can only be set by the thread itself, so
 //! each thread runs a few remote calls at the scratch area (shared by all threads of
 //! the process): `set_tid_address`, `set_robust_list`, `sigaltstack`, `rseq`, and
-//! `PR_SET_NAME`. The blocked mask goes in with `PTRACE_SETSIGMASK`.
+//! `PR_SET_NAME`; pending signals are queued back from inside too. The blocked mask
+//! goes in last with `PTRACE_SETSIGMASK`: until then every signal stays blocked.
 //!
 //! The leader finishes last: itimers, the parent-death signal, the subreaper flag,
 //! closing the restorer's descriptors it still holds, and — stopped at the exit of
@@ -33,6 +34,8 @@ pub enum SwitchError {
         #[source]
         source: regs::RegsError,
     },
+    #[error("thread {tid}: a pending signal's siginfo is {len} bytes, not 128")]
+    Siginfo { tid: i32, len: usize },
     #[error("process {pid}: setting rlimit {resource}")]
     Rlimit {
         pid: i32,
@@ -50,14 +53,17 @@ fn thread_core(thread: &ThreadPlan) -> Option<&ThreadCoreEntry> {
     thread.core.thread_core.as_ref()
 }
 
-/// Sets the per-thread kernel state of `thread` (whose tracee is `t`).
+/// Sets the per-thread kernel state of `thread` (whose tracee is `t`, of process
+/// `pid`) and queues its pending signals. Returns the blocked mask the thread must get;
+/// until then every signal stays blocked, so nothing is delivered mid-restore.
 pub fn prepare_thread(
     t: &Tracee,
+    pid: i32,
     thread: &ThreadPlan,
     process_blocked: u64,
     scratch: Scratch,
     leader: bool,
-) -> Result<(), SwitchError> {
+) -> Result<u64, SwitchError> {
     let tid = thread.tid;
     let info = thread
         .core
@@ -72,9 +78,7 @@ pub fn prepare_thread(
     .map_err(remote(tid, "set_tid_address"))?;
 
     let Some(tcore) = thread_core(thread) else {
-        t.set_sigmask(process_blocked)
-            .map_err(remote(tid, "sigmask"))?;
-        return Ok(());
+        return Ok(process_blocked);
     };
     if tcore.futex_rla != 0 {
         t.syscall(
@@ -135,21 +139,52 @@ pub fn prepare_thread(
         // SAFETY: plain syscall wrapper on a tid we created.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as u32, nice) };
     }
-    if tcore
-        .signals_p
-        .as_ref()
-        .is_some_and(|q| !q.signals.is_empty())
-    {
-        // TODO: queue pending signals back with rt_tgsigqueueinfo run in the thread.
-        tracing::warn!(tid, "pending thread signals are not restored");
+    if let Some(queue) = &tcore.signals_p {
+        for entry in &queue.signals {
+            queue_signal(t, scratch, &entry.siginfo, Some((pid, tid)))?;
+        }
     }
     if tcore.seccomp_mode.is_some_and(|m| m != 0) {
         // TODO: seccomp filters from seccomp.img, installed last.
         tracing::warn!(tid, "seccomp filters are not restored");
     }
 
-    let blocked = tcore.blk_sigset.unwrap_or(process_blocked);
-    t.set_sigmask(blocked).map_err(remote(tid, "sigmask"))
+    Ok(tcore.blk_sigset.unwrap_or(process_blocked))
+}
+
+/// Queues one dumped siginfo (128 raw bytes) back, process-wide or to one thread.
+/// Run inside the process itself, the kernel accepts any `si_code`.
+fn queue_signal(
+    t: &Tracee,
+    scratch: Scratch,
+    siginfo: &[u8],
+    thread: Option<(i32, i32)>,
+) -> Result<(), SwitchError> {
+    let tid = t.tid;
+    if siginfo.len() != 128 {
+        return Err(SwitchError::Siginfo {
+            tid,
+            len: siginfo.len(),
+        });
+    }
+    let signo = u32::from_le_bytes(siginfo[0..4].try_into().expect("4 bytes"));
+    t.write(scratch.args(), siginfo)
+        .map_err(remote(tid, "writing a siginfo"))?;
+    let queued = match thread {
+        Some((pid, tid)) => t.syscall(
+            "rt_tgsigqueueinfo",
+            libc::SYS_rt_tgsigqueueinfo,
+            &[pid as u64, tid as u64, signo as u64, scratch.args()],
+        ),
+        None => t.syscall(
+            "rt_sigqueueinfo",
+            libc::SYS_rt_sigqueueinfo,
+            &[tid as u64, signo as u64, scratch.args()],
+        ),
+    };
+    queued
+        .map(drop)
+        .map_err(remote(tid, "queueing a pending signal"))
 }
 
 /// Sets the FPU state and the general registers the thread resumes with.
@@ -169,12 +204,14 @@ pub fn set_final_regs(t: &Tracee, thread: &ThreadPlan) -> Result<(), SwitchError
         .map_err(remote(tid, "setting the registers"))
 }
 
-/// Process-wide state and the leader's final switch. Other threads must be done.
+/// Process-wide state and the leader's final switch, ending with its blocked mask
+/// `leader_blocked`. Other threads must be done.
 pub fn finish_process(
     t: &Tracee,
     proc: &ProcessPlan,
     scratch: Scratch,
     fd_base: i32,
+    leader_blocked: u64,
 ) -> Result<(), SwitchError> {
     let pid = proc.pid;
     let tc = proc.task_core();
@@ -188,7 +225,15 @@ pub fn finish_process(
             if it.isec == 0 && it.iusec == 0 && it.vsec == 0 && it.vusec == 0 {
                 continue;
             }
-            let val: Vec<u8> = [it.isec, it.iusec, it.vsec, it.vusec]
+            // An interval timer caught between expiry and the delivery of its signal
+            // reads as value 0 (the kernel re-arms it when the signal is dequeued);
+            // setting value 0 would disarm it, so it restarts with a full interval.
+            let (vsec, vusec) = if it.vsec == 0 && it.vusec == 0 {
+                (it.isec, it.iusec)
+            } else {
+                (it.vsec, it.vusec)
+            };
+            let val: Vec<u8> = [it.isec, it.iusec, vsec, vusec]
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect();
@@ -227,9 +272,10 @@ pub fn finish_process(
         )
         .map_err(remote(pid, "PR_SET_CHILD_SUBREAPER"))?;
     }
-    if tc.signals_s.as_ref().is_some_and(|q| !q.signals.is_empty()) {
-        // TODO: queue shared pending signals back with rt_sigqueueinfo run in the leader.
-        tracing::warn!(pid, "pending process signals are not restored");
+    if let Some(queue) = &tc.signals_s {
+        for entry in &queue.signals {
+            queue_signal(t, scratch, &entry.siginfo, None)?;
+        }
     }
     t.syscall(
         "close_range",
@@ -240,7 +286,9 @@ pub fn finish_process(
 
     t.syscall_to_exit("munmap", libc::SYS_munmap, &[scratch.addr, SCRATCH_LEN])
         .map_err(remote(pid, "unmapping the scratch area"))?;
-    set_final_regs(t, &proc.threads[0])
+    set_final_regs(t, &proc.threads[0])?;
+    t.set_sigmask(leader_blocked)
+        .map_err(remote(pid, "sigmask"))
 }
 
 /// Sets the dumped limits, never raising a hard limit above the current one (that

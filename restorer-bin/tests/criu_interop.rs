@@ -212,3 +212,69 @@ fn pid_in_use_is_refused_before_anything_changes() {
     let start = |s: &str| s.split_whitespace().nth(21).map(str::to_string);
     assert_eq!(start(&start_time), start(&again));
 }
+
+#[test]
+fn root_exit_code_reaches_the_caller() {
+    let pids = [13236, 13238, 13239];
+    let _lock = lock_set("pipe-tree");
+    if skip_if_taken("pipe-tree", &pids) {
+        return;
+    }
+    prepare_criu_files("pipe-tree", b"");
+    let log = Path::new(FX).join("pipe-tree.log");
+    let before = line_count(&log);
+
+    let mut cmd = restorer();
+    cmd.args(["restore", "-D"]).arg(criu_set("pipe-tree"));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = TreeGuard::new(13236);
+    wait_new_lines(&log, before, 2, Duration::from_secs(10));
+
+    // Without writers the parent's read returns 0 and it exits with status 1.
+    for child in [13238, 13239] {
+        // SAFETY: signalling processes of the restored tree this test owns.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+    let status = wait_status(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("parent read returned 0, exiting"), "{text}");
+}
+
+#[test]
+fn failed_restore_kills_every_process_it_created() {
+    // Both sets run /tmp/fx/mem, which this test makes non-executable for a moment.
+    let _lock = lock_set("counter");
+    let _lock2 = lock_set("threads4");
+    if skip_if_taken("counter", &[13131]) {
+        return;
+    }
+    prepare_criu_files("counter", TICK_STDOUT);
+    use std::os::unix::fs::PermissionsExt;
+    let exe = Path::new(FX).join("mem");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut cmd = restorer();
+    cmd.args(["restore", "-d", "-D"]).arg(criu_set("counter"));
+    let out = run_bounded(cmd, Duration::from_secs(20));
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _guard = TreeGuard::new(13131);
+
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("process 13131") && err.contains("PR_SET_MM_MAP"),
+        "{err}"
+    );
+    // The half-built process is gone (a zombie at most, until init reaps it).
+    std::thread::sleep(Duration::from_millis(200));
+    let state = std::fs::read_to_string("/proc/13131/stat").unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z"),
+        "13131 still alive: {state}"
+    );
+}
