@@ -264,3 +264,60 @@ fn threads_added_and_gone_are_listed() {
     let leader = task(&report, 13178);
     assert_eq!(leader["threads"]["added"], serde_json::json!([13181]));
 }
+
+/// A pre-dump round made from the counter set: inventory, pagemap and pages only.
+fn predump_round(tmp: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["inventory.img", "pagemap-13131.img", "pages-1.img"] {
+        std::fs::copy(fixture("counter").join(file), dir.join(file)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn predump_rounds_are_diffed_by_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let round1 = predump_round(tmp.path(), "round1");
+    let round2 = predump_round(tmp.path(), "round2");
+
+    let report = diff_json(round1.to_str().unwrap(), round2.to_str().unwrap());
+    assert_eq!(report["changed"], false);
+    let rows = task(&report, 13131)["pages"]["vmas"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["kind"], "unmapped");
+    assert_eq!(counts(&rows[0]), [2077, 0, 0, 0]);
+
+    // Round 2 keeps the stack in round 1 (a parent hole) and re-dumps one changed page.
+    let copy = SetCopy {
+        dir: round2.clone(),
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    make_last_entry_a_parent_hole(&copy, 13131);
+    symlink("../round1", round2.join("parent")).unwrap();
+    let mut pages = std::fs::read(round2.join("pages-1.img")).unwrap();
+    pages[5 * 4096] ^= 1;
+    std::fs::write(round2.join("pages-1.img"), pages).unwrap();
+
+    let report = diff_json(round1.to_str().unwrap(), round2.to_str().unwrap());
+    assert_eq!(counts(&report["pages"]), [2076, 1, 0, 0]);
+
+    // mem reads a pre-dump too: the pattern word is found without any VMA.
+    let word: String = (0xC0DE_0000_0000_0003u64)
+        .to_le_bytes()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let run = imgtool(&[
+        "mem",
+        round2.to_str().unwrap(),
+        "--search-hex",
+        &word,
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(hex(&run.json()[0]["vaddr"]), 0x7f50_5c60_0018);
+}

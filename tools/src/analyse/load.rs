@@ -5,7 +5,8 @@
 //! `parent` chain), then `LoadedSet::snapshot` reads the small images (pstree, cores, ids,
 //! fdinfo, files, mm) and resolves every pagemap run to borrowed bytes. A missing optional
 //! image (no fdinfo for a process without files) is empty, as CRIU treats it; anything
-//! malformed is an error naming the image.
+//! malformed is an error naming the image. A pre-dump directory (inventory, pagemaps and
+//! pages only, no `pstree.img`) loads as memory only, so pre-dump rounds can be diffed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -30,7 +31,7 @@ pub enum LoadError {
         #[source]
         source: MemoryError,
     },
-    #[error("{dir}: pstree.img holds no process")]
+    #[error("{dir}: no process (pstree.img is empty, or a pre-dump has no pagemap-PID.img)")]
     EmptyTree { dir: std::path::PathBuf },
 }
 
@@ -52,13 +53,28 @@ pub struct LoadedSet {
     pub set: ImageSet,
     pub tree: Vec<PstreeEntry>,
     pub views: BTreeMap<u32, MemoryView>,
+    /// A pre-dump: only inventory, pagemaps and pages; processes come from the pagemaps'
+    /// names and have no VMAs, registers or files.
+    pub memory_only: bool,
 }
 
 impl LoadedSet {
     /// Opens `dir`: its inventory, pstree, and every process's memory view.
     pub fn open(dir: &Path) -> Result<LoadedSet, LoadError> {
         let set = ImageSet::open(dir)?;
-        let tree = set.pstree()?;
+        let memory_only = !set.path("pstree.img").exists();
+        let tree = if memory_only {
+            pagemap_pids(dir)
+                .into_iter()
+                .map(|pid| PstreeEntry {
+                    pid,
+                    threads: vec![pid],
+                    ..PstreeEntry::default()
+                })
+                .collect()
+        } else {
+            set.pstree()?
+        };
         if tree.is_empty() {
             return Err(LoadError::EmptyTree {
                 dir: dir.to_path_buf(),
@@ -69,15 +85,51 @@ impl LoadedSet {
             let view = set.memory(entry.pid)?;
             views.insert(entry.pid, view);
         }
-        Ok(LoadedSet { set, tree, views })
+        Ok(LoadedSet {
+            set,
+            tree,
+            views,
+            memory_only,
+        })
     }
 
     /// Reads everything else and resolves the memory of every process.
     pub fn snapshot(&self) -> Result<Snapshot<'_>, LoadError> {
+        if self.memory_only {
+            return self.memory_snapshot();
+        }
         let files = describe_files(&self.set.files()?);
         let mut tasks = BTreeMap::new();
         for entry in &self.tree {
             tasks.insert(entry.pid, self.task(entry, &files)?);
+        }
+        Ok(Snapshot {
+            dir: self.set.dir().to_path_buf(),
+            tasks,
+        })
+    }
+
+    /// A pre-dump's snapshot: memory only.
+    fn memory_snapshot(&self) -> Result<Snapshot<'_>, LoadError> {
+        let mut tasks = BTreeMap::new();
+        for (&pid, view) in &self.views {
+            let runs = resident_runs(view).map_err(|source| LoadError::Memory { pid, source })?;
+            let task = TaskView {
+                pid,
+                comm: String::new(),
+                threads: Vec::new(),
+                registers: BTreeMap::new(),
+                sigactions: Vec::new(),
+                fds: BTreeMap::new(),
+                memory: ProcessMemory {
+                    pid,
+                    vmas: Vec::new(),
+                    runs,
+                    arg: 0..0,
+                    env: 0..0,
+                },
+            };
+            tasks.insert(pid, task);
         }
         Ok(Snapshot {
             dir: self.set.dir().to_path_buf(),
@@ -139,6 +191,25 @@ impl LoadedSet {
             memory,
         })
     }
+}
+
+/// Pids of the `pagemap-PID.img` files of `dir`, sorted.
+fn pagemap_pids(dir: &Path) -> Vec<u32> {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = listing
+        .flatten()
+        .filter_map(|item| {
+            let name = item.file_name().into_string().ok()?;
+            name.strip_prefix("pagemap-")?
+                .strip_suffix(".img")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// Every dumped run of `view`, parents resolved, as borrowed bytes.

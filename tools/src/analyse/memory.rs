@@ -142,15 +142,25 @@ impl<'a> ProcessMemory<'a> {
     }
 
     /// Maximal stretches of consecutive dumped bytes (runs joined where addresses touch),
-    /// restricted to `filter`'s VMAs. A stretch never crosses a VMA boundary.
+    /// restricted to `filter`'s VMAs. A stretch never crosses a VMA boundary. Without VMAs
+    /// (a pre-dump has no mm image) every dumped byte is taken.
     pub fn spans(&self, filter: impl Fn(&Vma) -> bool) -> Vec<Span<'a>> {
+        let ranges: Vec<Range<u64>> = if self.vmas.is_empty() {
+            vec![0..u64::MAX]
+        } else {
+            self.vmas
+                .iter()
+                .filter(|vma| filter(vma))
+                .map(|vma| vma.start..vma.end)
+                .collect()
+        };
         let mut spans = Vec::new();
-        for vma in self.vmas.iter().filter(|vma| filter(vma)) {
+        for range in ranges {
             let mut current: Option<Span<'a>> = None;
-            for run in self.runs_in(vma.start..vma.end) {
+            for run in self.runs_in(range.clone()) {
                 let Some(bytes) = run.bytes else { continue };
-                let from = run.vaddr.max(vma.start);
-                let to = run.end().min(vma.end);
+                let from = run.vaddr.max(range.start);
+                let to = run.end().min(range.end);
                 if from >= to {
                     continue;
                 }

@@ -46,7 +46,9 @@
 //! hold it with the same content (wherever in a `parent` chain it is stored), *changed* when
 //! both hold it with different content, *only_a*/*only_b* when one set has no bytes for it.
 //! Per-VMA page rows are listed for every VMA that has dumped pages in either set (VMAs of B
-//! first, then VMAs only in A).
+//! first, then VMAs only in A); pages outside every VMA are counted in one last row of kind
+//! `unmapped` with `start` and `end` 0. A pre-dump (no `pstree.img`, no `mm-PID.img`) has no
+//! VMAs: its processes are those with a pagemap, and all their pages are in that row.
 
 mod pages;
 mod render;
