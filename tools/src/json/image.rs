@@ -174,7 +174,7 @@ pub fn decode_entry(
         tracing::warn!(
             path = %path.display(),
             index = entry.index,
-            message,
+            entry_type = message,
             unknown,
             "fields unknown to cryo's schema are left out of the JSON"
         );
