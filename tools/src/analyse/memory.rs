@@ -146,7 +146,11 @@ impl<'a> ProcessMemory<'a> {
     /// (a pre-dump has no mm image) every dumped byte is taken.
     pub fn spans(&self, filter: impl Fn(&Vma) -> bool) -> Vec<Span<'a>> {
         let ranges: Vec<Range<u64>> = if self.vmas.is_empty() {
-            vec![0..u64::MAX]
+            let everything = Range {
+                start: 0,
+                end: u64::MAX,
+            };
+            vec![everything]
         } else {
             self.vmas
                 .iter()
