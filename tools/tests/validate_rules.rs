@@ -331,3 +331,36 @@ fn parent_pages_image_shorter_than_its_pagemap_is_reported() {
 
     assert_only(&set, found("parent", "parent/pages-1.img", None, None));
 }
+
+#[test]
+fn pipe_data_of_no_open_pipe_is_reported() {
+    let set = copy_set("pipe-tree");
+    rewrite::<cryo_format::schema::PipeDataEntry>(
+        &set.path("pipes-data.img"),
+        well_known::pipes_data(),
+        |entries| entries[0].pipe_id = 4242,
+    );
+    assert_only(
+        &set,
+        found("file-ref", "pipes-data.img", Some(0), Some("pipe_id")),
+    );
+}
+
+#[test]
+fn seccomp_filter_index_past_the_filters_is_reported() {
+    let set = copy_set("counter");
+    rewrite::<CoreEntry>(&set.path("core-13131.img"), well_known::core(), |cores| {
+        let thread = cores[0].thread_core.as_mut().unwrap();
+        thread.seccomp_mode = Some(2);
+        thread.seccomp_filter = Some(3);
+    });
+    assert_only(
+        &set,
+        found(
+            "file-ref",
+            "core-13131.img",
+            Some(0),
+            Some("thread_core.seccomp_filter"),
+        ),
+    );
+}

@@ -7,7 +7,8 @@
 //! 1. `framing`: every image file's header (magic, and that the magic fits the file name), its
 //!    entry framing, and the wire encoding and `required` fields of every entry.
 //! 2. `tree`: inventory version, pstree consistency, one core per thread, the per-process
-//!    images, and every id that points into `files.img` (fdinfo, fs, mm).
+//!    images, and every id that points into `files.img` (fdinfo, fs, mm); `data`: pipe and
+//!    FIFO contents belong to pipes that `files.img` opens, seccomp filter indices exist.
 //! 3. `memory`: VMAs sorted and non-overlapping, pagemap entries sorted and inside VMAs, and
 //!    pages images exactly as long as their pagemaps say.
 //! 4. `parent`: the `parent` chain resolves, does not loop, and holds every page that a
@@ -16,6 +17,7 @@
 //! Layers 2-4 read images with `Checker::read`, which stays silent about faults layer 1
 //! already reported, so each problem appears once.
 
+mod data;
 mod framing;
 mod memory;
 mod pagemap;
@@ -135,6 +137,7 @@ pub fn validate_dir(dir: &Path) -> Report {
     let mut checker = Checker::new(dir);
     let files_checked = framing::check_files(&mut checker);
     let tree = tree::check_tree(&mut checker);
+    data::check_data(&mut checker, &tree);
     memory::check_memory(&mut checker, &tree);
     parent::check_parent(&mut checker, &tree);
     Report {

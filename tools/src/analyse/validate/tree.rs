@@ -16,6 +16,8 @@ const MARCH_X86_64: i32 = 1;
 /// Task states (`task_core_entry.task_state`) whose memory was not dumped.
 const STATE_DEAD: u32 = 2;
 const STATE_ZOMBIE: u32 = 6;
+/// `seccomp_mode.filter`.
+const SECCOMP_MODE_FILTER: i32 = 2;
 /// `fd_types.REG`.
 const FD_REG: i32 = 1;
 
@@ -26,6 +28,8 @@ pub(crate) struct TreeFacts {
     pub with_memory: Vec<u32>,
     /// Type of every `files.img` id, when `files.img` could be read.
     pub files: Option<HashMap<u32, i32>>,
+    /// Seccomp filter indices named by thread cores: (core image, index).
+    pub seccomp_refs: Vec<(String, u32)>,
 }
 
 pub(crate) fn check_tree(checker: &mut Checker) -> TreeFacts {
@@ -48,7 +52,7 @@ pub(crate) fn check_tree(checker: &mut Checker) -> TreeFacts {
         for &tid in &entry.threads {
             thread_owner.entry(tid).or_insert(entry.pid);
         }
-        let state = check_cores(checker, *index, entry);
+        let state = check_cores(checker, *index, entry, &mut facts.seccomp_refs);
         if state != Some(STATE_DEAD) && state != Some(STATE_ZOMBIE) {
             check_process_images(checker, entry.pid, facts.files.as_ref());
             facts.with_memory.push(entry.pid);
@@ -185,7 +189,12 @@ fn check_pstree(checker: &mut Checker, tree: &[(usize, PstreeEntry)]) {
 }
 
 /// Checks the core of every thread of `entry`; returns the leader's task state.
-fn check_cores(checker: &mut Checker, index: usize, entry: &PstreeEntry) -> Option<u32> {
+fn check_cores(
+    checker: &mut Checker,
+    index: usize,
+    entry: &PstreeEntry,
+    seccomp_refs: &mut Vec<(String, u32)>,
+) -> Option<u32> {
     let mut state = None;
     for &tid in &entry.threads {
         let file = format!("core-{tid}.img");
@@ -213,6 +222,14 @@ fn check_cores(checker: &mut Checker, index: usize, entry: &PstreeEntry) -> Opti
                 Some("mtype"),
                 format!("architecture {} is not x86-64", core.mtype),
             );
+        }
+        if let Some(filter) = core
+            .thread_core
+            .as_ref()
+            .filter(|tc| tc.seccomp_mode == Some(SECCOMP_MODE_FILTER))
+            .and_then(|tc| tc.seccomp_filter)
+        {
+            seccomp_refs.push((file.clone(), filter));
         }
         if core.thread_info.is_none() {
             checker.report(
