@@ -85,6 +85,12 @@ impl LoadedSet {
             let view = set.memory(entry.pid)?;
             views.insert(entry.pid, view);
         }
+        tracing::debug!(
+            dir = %dir.display(),
+            processes = tree.len(),
+            memory_only,
+            "image set opened"
+        );
         Ok(LoadedSet {
             set,
             tree,

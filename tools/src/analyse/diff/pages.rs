@@ -103,6 +103,13 @@ pub fn compare_pages(
         }
     });
 
+    tracing::debug!(
+        pid = b.pid,
+        pages_a = digests_a.len(),
+        pages_b = digests_b.len(),
+        verify,
+        "pages compared"
+    );
     let mut total = PageCounts::default();
     let mut rows = Vec::new();
     let vmas = rows_b

@@ -140,6 +140,12 @@ pub fn validate_dir(dir: &Path) -> Report {
     data::check_data(&mut checker, &tree);
     memory::check_memory(&mut checker, &tree);
     parent::check_parent(&mut checker, &tree);
+    tracing::debug!(
+        dir = %dir.display(),
+        files_checked,
+        problems = checker.problems.len(),
+        "image set validated"
+    );
     Report {
         dir: dir.display().to_string(),
         files_checked,
