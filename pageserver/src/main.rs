@@ -207,11 +207,23 @@ fn stats(s: StoreArg, checkpoint: Option<u64>) -> anyhow::Result<()> {
         println!("  parent/lazy      {}/{}", st.parent_pages, st.lazy_pages);
         println!("  raw bytes        {}", human(st.raw_bytes()));
         println!("  stored bytes     {}", human(st.stored_bytes));
-        let dedup = st.pages_received as f64 / (st.new_pages.max(1)) as f64;
-        let compression = (st.new_pages * 4096) as f64 / st.stored_bytes.max(1) as f64;
-        println!("  dedup ratio      {dedup:.2}");
-        println!("  compression      {compression:.2}");
-        println!("  overall ratio    {:.2}", st.reduction_ratio());
+        let ratio = |num: f64, den: u64| {
+            if den == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.2}", num / den as f64)
+            }
+        };
+        let nonzero = st.pages_received - st.zero_pages;
+        println!("  dedup ratio      {}", ratio(nonzero as f64, st.new_pages));
+        println!(
+            "  compression      {}",
+            ratio((st.new_pages * 4096) as f64, st.stored_bytes)
+        );
+        println!(
+            "  overall ratio    {}",
+            ratio(st.raw_bytes() as f64, st.stored_bytes)
+        );
         println!(
             "  ingest           {:.1} MiB/s over {:.3} s",
             st.mib_per_s(),

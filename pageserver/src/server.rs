@@ -32,7 +32,7 @@ use crate::protocol::{
 use crate::store::{CheckpointInfo, CheckpointWriter, Store, StoreError, StoredPagemap};
 
 /// Pages handed to the ingest worker at a time.
-pub const BATCH_PAGES: usize = 256;
+pub const BATCH_PAGES: usize = 1024;
 
 /// How a session's parent checkpoint is chosen when the client does not say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -406,7 +406,7 @@ impl Session<'_> {
                 source,
             })?;
         self.checkpoint = Some(writer.id());
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(3);
         let free = Arc::clone(&self.free);
         self.worker = Some(tokio::task::spawn_blocking(move || {
             ingest_worker(writer, rx, free)
