@@ -11,6 +11,11 @@
 //! | 16 | 8 | `vaddr` | address of the first page (or shmem offset) |
 //! | 24 | 8 | `dst_id` | `(id << 8) \| type` (for GET: the plain pid) |
 //!
+//! CRIU before 4.2 (before `nr_pages` became 64-bit, CRIU PR #2750) sent a 24-byte header:
+//! `cmd` u32, `nr_pages` u32, `vaddr` u64, `dst_id` u64. There is no version field, but the
+//! first request of a session tells the two apart (see [`detect_layout`]), so the server
+//! speaks both; replies (GET) use the session's layout.
+//!
 //! Only ADD, and ADD_F with `PE_PRESENT`, are followed by page data (`nr_pages` × 4096 bytes).
 //! OPEN2 is answered with one `has_parent` byte, PARENT and CLOSE with a 4-byte integer, GET
 //! with an ADD_F header (flags `PE_PRESENT`) and the pages.
@@ -258,6 +263,67 @@ pub enum ProtocolError {
     EmptyRequest { command: &'static str },
 }
 
+/// Size of the pre-4.2 header.
+pub const LEGACY_HEADER_SIZE: usize = 24;
+
+/// Which header layout a session uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderLayout {
+    /// CRIU ≥ 4.2: 32 bytes, 64-bit `nr_pages` at offset 8.
+    Criu42,
+    /// CRIU < 4.2: 24 bytes, 32-bit `nr_pages` at offset 4.
+    Legacy,
+}
+
+impl HeaderLayout {
+    pub fn size(self) -> usize {
+        match self {
+            HeaderLayout::Criu42 => HEADER_SIZE,
+            HeaderLayout::Legacy => LEGACY_HEADER_SIZE,
+        }
+    }
+}
+
+/// Tells the layout from the first 24 bytes of a session.
+///
+/// In the 32-byte layout bytes 4..8 are padding (zero) and, for OPEN/OPEN2/PARENT, bytes
+/// 16..24 are `vaddr` (zero). In the 24-byte layout bytes 4..8 are `nr_pages` (non-zero for
+/// every request that carries pages) and bytes 16..24 are `dst_id` (never zero: its low byte
+/// is the type). A first request that fits neither rule (CLOSE alone) reads the same in both.
+pub fn detect_layout(first: &[u8; LEGACY_HEADER_SIZE]) -> HeaderLayout {
+    let word = |at: usize| u32::from_le_bytes(first[at..at + 4].try_into().expect("4 bytes"));
+    let command = word(0) & ((1 << PS_CMD_BITS) - 1);
+    let bytes_4_8 = word(4);
+    let bytes_16_24 = u64::from_le_bytes(first[16..24].try_into().expect("8 bytes"));
+    let opens = matches!(command, cmd::OPEN | cmd::OPEN2 | cmd::PARENT);
+    if bytes_4_8 != 0 || (opens && bytes_16_24 != 0) {
+        HeaderLayout::Legacy
+    } else {
+        HeaderLayout::Criu42
+    }
+}
+
+/// Parses a pre-4.2 24-byte header.
+pub fn parse_legacy_header(bytes: &[u8; LEGACY_HEADER_SIZE]) -> Result<Request, ProtocolError> {
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let cmd_word = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+    let nr_pages = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let wide = WireHeader::new(cmd_word, u64::from(nr_pages), u64_at(8), u64_at(16));
+    parse_header(&wide.to_bytes())
+}
+
+impl WireHeader {
+    /// The 24 bytes of the pre-4.2 layout (`nr_pages` must fit 32 bits).
+    pub fn to_legacy_bytes(&self) -> [u8; LEGACY_HEADER_SIZE] {
+        let mut out = [0u8; LEGACY_HEADER_SIZE];
+        out[..4].copy_from_slice(&self.cmd.get().to_le_bytes());
+        out[4..8].copy_from_slice(&(self.nr_pages.get() as u32).to_le_bytes());
+        out[8..16].copy_from_slice(&self.vaddr.get().to_le_bytes());
+        out[16..24].copy_from_slice(&self.dst_id.get().to_le_bytes());
+        out
+    }
+}
+
 /// Parses one header. Pure; never panics.
 pub fn parse_header(bytes: &[u8; HEADER_SIZE]) -> Result<Request, ProtocolError> {
     let raw = WireHeader::read_from_bytes(bytes.as_slice()).expect("size checked at compile time");
@@ -436,6 +502,33 @@ mod tests {
             parse_header(&bytes(cmd::GET, 0, 0x1000, 5)),
             Err(ProtocolError::EmptyRequest { .. })
         ));
+    }
+
+    #[test]
+    fn legacy_24_byte_headers_are_detected_and_parsed() {
+        let legacy_open2 = WireHeader::new(cmd::OPEN2, 0, 0, (14205 << 8) | 1).to_legacy_bytes();
+        assert_eq!(detect_layout(&legacy_open2), HeaderLayout::Legacy);
+        let req = parse_legacy_header(&legacy_open2).unwrap();
+        assert_eq!(req.command, Command::Open2);
+        assert_eq!(req.dst().unwrap(), DstId::pid(14205));
+
+        let legacy_add =
+            WireHeader::new(add_f_word(PE_PRESENT), 3, 0x7000, 0x101).to_legacy_bytes();
+        assert_eq!(detect_layout(&legacy_add), HeaderLayout::Legacy);
+        assert_eq!(parse_legacy_header(&legacy_add).unwrap().nr_pages, 3);
+
+        let legacy_get = WireHeader::new(cmd::GET, 1, 0x7000, 77).to_legacy_bytes();
+        assert_eq!(detect_layout(&legacy_get), HeaderLayout::Legacy);
+
+        // The recorded CRIU 4.2 stream starts with a 32-byte OPEN2.
+        for first in [
+            WireHeader::new(cmd::OPEN2, 0, 0, (14205 << 8) | 1).to_bytes(),
+            WireHeader::new(cmd::GET, 1, 0x7000, 77).to_bytes(),
+            WireHeader::new(add_f_word(PE_PRESENT), 3, 0x7000, 0x101).to_bytes(),
+        ] {
+            let head: [u8; 24] = first[..24].try_into().unwrap();
+            assert_eq!(detect_layout(&head), HeaderLayout::Criu42);
+        }
     }
 
     #[test]

@@ -26,8 +26,8 @@ use zerocopy::IntoBytes;
 use zerocopy::little_endian::{U32, U64};
 
 use crate::protocol::{
-    self, CRYO_EXT_VERSION, Command, DstId, HEADER_SIZE, HelloReply, PAGE_SIZE, PE_PARENT,
-    PE_PRESENT, ProtocolError, Request, WireHeader,
+    self, CRYO_EXT_VERSION, Command, DstId, HEADER_SIZE, HeaderLayout, HelloReply,
+    LEGACY_HEADER_SIZE, PAGE_SIZE, PE_PARENT, PE_PRESENT, ProtocolError, Request, WireHeader,
 };
 use crate::store::{CheckpointInfo, CheckpointWriter, Store, StoreError, StoredPagemap};
 
@@ -196,6 +196,7 @@ struct Session<'a> {
     config: &'a ServerConfig,
     stream: TcpStream,
     cryo: bool,
+    layout: Option<HeaderLayout>,
     checkpoint: Option<u64>,
     parent: Option<u64>,
     parent_chosen: bool,
@@ -218,6 +219,7 @@ async fn run_session(
         config,
         stream,
         cryo: false,
+        layout: None,
         checkpoint: None,
         parent: None,
         parent_chosen: false,
@@ -240,26 +242,57 @@ async fn run_session(
 impl Session<'_> {
     async fn run(&mut self) -> Result<SessionEnd, SessionError> {
         loop {
-            let mut head = [0u8; HEADER_SIZE];
-            match read_full(&mut self.stream, &mut head).await {
-                Ok(0) => return Err(SessionError::NoClose { peer: self.peer }),
-                Ok(n) if n < HEADER_SIZE => return Err(SessionError::NoClose { peer: self.peer }),
-                Ok(_) => {}
-                Err(source) => {
-                    return Err(SessionError::Io {
-                        peer: self.peer,
-                        source,
-                    });
-                }
-            }
-            let req = protocol::parse_header(&head).map_err(|source| SessionError::Protocol {
-                peer: self.peer,
-                source,
-            })?;
+            let req = match self.read_request().await? {
+                Some(req) => req,
+                None => return Err(SessionError::NoClose { peer: self.peer }),
+            };
             tracing::trace!(peer = %self.peer, ?req, "request");
             if let Some(end) = self.handle(req).await? {
                 return Ok(end);
             }
+        }
+    }
+
+    /// Reads and parses one header in the session's layout (decided by the first one).
+    async fn read_request(&mut self) -> Result<Option<Request>, SessionError> {
+        let io = |source| SessionError::Io {
+            peer: self.peer,
+            source,
+        };
+        let mut head = [0u8; HEADER_SIZE];
+        let first = &mut head[..LEGACY_HEADER_SIZE];
+        if read_full(&mut self.stream, first).await.map_err(io)? < LEGACY_HEADER_SIZE {
+            return Ok(None);
+        }
+        let layout = *self.layout.get_or_insert_with(|| {
+            let first: &[u8; LEGACY_HEADER_SIZE] =
+                head[..LEGACY_HEADER_SIZE].try_into().expect("24");
+            protocol::detect_layout(first)
+        });
+        let parsed = match layout {
+            HeaderLayout::Legacy => {
+                let legacy = head[..LEGACY_HEADER_SIZE].try_into().expect("24 bytes");
+                protocol::parse_legacy_header(legacy)
+            }
+            HeaderLayout::Criu42 => {
+                let rest = &mut head[LEGACY_HEADER_SIZE..];
+                if read_full(&mut self.stream, rest).await.map_err(io)? < rest.len() {
+                    return Ok(None);
+                }
+                protocol::parse_header(&head)
+            }
+        };
+        parsed.map(Some).map_err(|source| SessionError::Protocol {
+            peer: self.peer,
+            source,
+        })
+    }
+
+    /// A header to send back, in the session's layout.
+    fn reply_header(&self, head: WireHeader) -> Vec<u8> {
+        match self.layout {
+            Some(HeaderLayout::Legacy) => head.to_legacy_bytes().to_vec(),
+            _ => head.to_bytes().to_vec(),
         }
     }
 
@@ -550,7 +583,8 @@ impl Session<'_> {
             if self.cryo {
                 // Negotiated clients understand an empty answer.
                 let head = WireHeader::new(protocol::add_f_word(PE_PRESENT), 0, req.vaddr, pid);
-                return self.reply(head.as_bytes()).await;
+                let head = self.reply_header(head);
+                return self.reply(&head).await;
             }
             return Err(SessionError::GetMissing {
                 peer: self.peer,
@@ -577,7 +611,8 @@ impl Session<'_> {
                 e => e,
             })?;
         let head = WireHeader::new(protocol::add_f_word(PE_PRESENT), n as u64, req.vaddr, pid);
-        self.reply(head.as_bytes()).await?;
+        let head = self.reply_header(head);
+        self.reply(&head).await?;
         self.reply(&data).await
     }
 

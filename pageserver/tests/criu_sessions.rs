@@ -154,3 +154,65 @@ fn get_answers_a_single_range_from_the_stored_checkpoint() {
     client.close().unwrap();
     assert!(matches!(server.next_result().unwrap(), SessionEnd::Closed));
 }
+
+/// Rewrites a recorded CRIU 4.2 stream with the pre-4.2 24-byte headers.
+fn to_legacy_stream(stream: &[u8]) -> Vec<u8> {
+    use cryo_pageserver::protocol::{WireHeader, parse_header};
+    use zerocopy::FromBytes;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < stream.len() {
+        let head: [u8; 32] = stream[at..at + 32].try_into().unwrap();
+        let req = parse_header(&head).unwrap();
+        out.extend_from_slice(
+            &WireHeader::read_from_bytes(&head[..])
+                .unwrap()
+                .to_legacy_bytes(),
+        );
+        at += 32;
+        let payload = req.payload_len() as usize;
+        out.extend_from_slice(&stream[at..at + payload]);
+        at += payload;
+    }
+    out
+}
+
+#[test]
+fn a_pre_4_2_criu_stream_with_24_byte_headers_is_understood() {
+    let session = fixture("pipe-tree");
+    let tmp = tempfile::tempdir().unwrap();
+    let legacy_dir = tmp.path().join("legacy-session");
+    std::fs::create_dir_all(&legacy_dir).unwrap();
+    let stream = std::fs::read(session.join("client-to-server.bin")).unwrap();
+    std::fs::write(
+        legacy_dir.join("client-to-server.bin"),
+        to_legacy_stream(&stream),
+    )
+    .unwrap();
+    std::fs::copy(
+        session.join("server-to-client.bin"),
+        legacy_dir.join("server-to-client.bin"),
+    )
+    .unwrap();
+
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let mut server = TestServer::start(store.clone());
+    let answer = replay(server.addr, &legacy_dir);
+    assert_eq!(
+        answer,
+        std::fs::read(session.join("server-to-client.bin")).unwrap()
+    );
+    let info = match server.next_result().unwrap() {
+        SessionEnd::Committed(info) => info,
+        other => panic!("{other:?}"),
+    };
+    let out = tmp.path().join("export");
+    export_checkpoint(&store, info.id, &out, &ExportOptions::default()).unwrap();
+    for f in sorted_files(&session.join("server-dir")) {
+        let ours = std::fs::read(out.join(&f)).unwrap();
+        assert!(
+            ours == std::fs::read(session.join("server-dir").join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+}
