@@ -3,7 +3,8 @@
 //!
 //! Measures, over every non-pages image of every fixture set (opened once, read many times):
 //! framing alone, framing + required-field checks, and typed prost decoding of the task
-//! images; then pagemap parsing and a zero-copy walk of all dumped memory of a 16 MiB process.
+//! images and of every entry (the work `benches/crit_anchor.py` times for pycriu, the anchor);
+//! then pagemap parsing and a zero-copy walk of all dumped memory of a 16 MiB process.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -139,6 +140,24 @@ fn main() {
         typed_bytes * u64::from(iterations),
     );
 
+    // The same work as format/benches/crit_anchor.py does with pycriu: every entry of every
+    // image decoded into its message type.
+    let start = Instant::now();
+    for _ in 0..iterations {
+        for image in &images {
+            for entry in image.entries() {
+                decode_typed(image, &entry.expect("frames"));
+            }
+        }
+    }
+    report(
+        "typed decode of every entry (prost + check)",
+        iterations,
+        start,
+        total_entries * u64::from(iterations),
+        total_bytes * u64::from(iterations),
+    );
+
     let set = ImageSet::open(fixtures().join("series-t1")).expect("set");
     let pid = set.root().expect("root").pid;
     let rounds = (iterations / 10).max(10);
@@ -162,4 +181,32 @@ fn main() {
         pages,
         dumped,
     );
+}
+
+fn decode_typed(image: &ImageFile, entry: &cryo_format::RawEntry<'_>) {
+    use cryo_format::schema::*;
+    macro_rules! by_message {
+        ($($name:literal => $ty:ty),* $(,)?) => {
+            match entry.message {
+                $(Some($name) => drop(black_box(image.decode::<$ty>(entry).expect("decodes"))),)*
+                other => panic!("no struct for {other:?}"),
+            }
+        };
+    }
+    by_message! {
+        "criu.inventory_entry" => InventoryEntry,
+        "criu.pstree_entry" => PstreeEntry,
+        "criu.core_entry" => CoreEntry,
+        "criu.mm_entry" => MmEntry,
+        "criu.task_kobj_ids_entry" => TaskKobjIdsEntry,
+        "criu.fs_entry" => FsEntry,
+        "criu.file_entry" => FileEntry,
+        "criu.fdinfo_entry" => FdinfoEntry,
+        "criu.pagemap_head" => PagemapHead,
+        "criu.pagemap_entry" => PagemapEntry,
+        "criu.pipe_data_entry" => PipeDataEntry,
+        "criu.seccomp_entry" => SeccompEntry,
+        "criu.timens_entry" => TimensEntry,
+        "criu.stats_entry" => StatsEntry,
+    }
 }
