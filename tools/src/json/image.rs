@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use cryo_format::magic::{self, ExtraKind, Layout, Magic};
-use cryo_format::schema::descriptor_pool;
+use cryo_format::schema::{descriptor_pool, descriptor_pool_for};
 use cryo_format::{ImageError, ImageFile, ImageWriter, RawEntry, WriteError};
 use prost::Message as _;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde_json::{Map, Value as Json};
 
 use super::parse::{self, ParseError};
@@ -80,8 +80,18 @@ pub enum EncodeError {
     Write(#[from] WriteError),
 }
 
-fn descriptor(name: &str) -> Option<MessageDescriptor> {
-    descriptor_pool().get_message_by_name(name)
+/// The schema to read an image of `magic` with: only the `.proto` files its messages need
+/// (tens of microseconds to build, where the whole schema takes milliseconds, which
+/// dominates a one-image imgtool process).
+fn pool_for(magic: &Magic) -> DescriptorPool {
+    magic
+        .message
+        .and_then(descriptor_pool_for)
+        .unwrap_or_else(|| descriptor_pool().clone())
+}
+
+fn descriptor(pool: &DescriptorPool, name: &str) -> Option<MessageDescriptor> {
+    pool.get_message_by_name(name)
 }
 
 /// The JSON document of `image`.
@@ -95,10 +105,11 @@ pub fn to_json(image: &ImageFile, opts: RenderOptions) -> Result<Json, DecodeErr
         });
     }
 
+    let pool = pool_for(magic);
     let mut entries = Vec::new();
     for entry in image.entries() {
         let entry = entry?;
-        let mut object = decode_entry(path, &entry, opts.pretty)?;
+        let mut object = decode_entry(&pool, path, &entry, opts.pretty)?;
         if let Some(extra) = entry.extra {
             let omit = opts.nopl && magic.extra == ExtraKind::GhostFile;
             // A chunked ghost file's entry 0 carries nothing; its chunks carry the data.
@@ -110,10 +121,12 @@ pub fn to_json(image: &ImageFile, opts: RenderOptions) -> Result<Json, DecodeErr
                 let value = if opts.nopl {
                     Json::String(format!("... <{}>", human_size(extra.len() as u64)))
                 } else {
-                    extra_to_json(magic, &entry, extra).map_err(|what| DecodeError::Extra {
-                        path: path.to_owned(),
-                        index: entry.index,
-                        what,
+                    extra_to_json(&pool, magic, &entry, extra).map_err(|what| {
+                        DecodeError::Extra {
+                            path: path.to_owned(),
+                            index: entry.index,
+                            what,
+                        }
                     })?
                 };
                 object.insert("extra".to_owned(), value);
@@ -137,6 +150,7 @@ fn ghost_has_chunks(payload: &[u8]) -> bool {
 
 /// One entry's message as a JSON object, checked for encoding and required fields.
 pub fn decode_entry(
+    pool: &DescriptorPool,
     path: &Path,
     entry: &RawEntry<'_>,
     pretty: bool,
@@ -145,7 +159,7 @@ pub fn decode_entry(
         path: path.to_owned(),
         magic: "unknown",
     })?;
-    let desc = descriptor(message).ok_or_else(|| DecodeError::UnknownMessage {
+    let desc = descriptor(pool, message).ok_or_else(|| DecodeError::UnknownMessage {
         path: path.to_owned(),
         message,
     })?;
@@ -205,7 +219,12 @@ fn u64_field(payload: &[u8], number: u32, name: &str) -> Result<u64, String> {
 }
 
 /// The extra payload of `entry` in crit's JSON shape.
-fn extra_to_json(magic: &Magic, entry: &RawEntry<'_>, extra: &[u8]) -> Result<Json, String> {
+fn extra_to_json(
+    pool: &DescriptorPool,
+    magic: &Magic,
+    entry: &RawEntry<'_>,
+    extra: &[u8],
+) -> Result<Json, String> {
     let b64 = |bytes: &[u8]| Json::String(render::base64_lines(bytes));
     Ok(match magic.extra {
         ExtraKind::None => Json::Null,
@@ -232,13 +251,13 @@ fn extra_to_json(magic: &Magic, entry: &RawEntry<'_>, extra: &[u8]) -> Result<Js
                     .collect(),
             )
         }
-        ExtraKind::IpcMsg => ipc_msgs_to_json(extra)?,
+        ExtraKind::IpcMsg => ipc_msgs_to_json(pool, extra)?,
     })
 }
 
 /// `qnum` × (u32 length, `ipc_msg`, `msize` bytes padded to 8) → `[msg, b64, msg, b64...]`.
-fn ipc_msgs_to_json(mut extra: &[u8]) -> Result<Json, String> {
-    let desc = descriptor("criu.ipc_msg").ok_or("criu.ipc_msg missing from the schema")?;
+fn ipc_msgs_to_json(pool: &DescriptorPool, mut extra: &[u8]) -> Result<Json, String> {
+    let desc = descriptor(pool, "criu.ipc_msg").ok_or("criu.ipc_msg missing from the schema")?;
     let mut out = Vec::new();
     while !extra.is_empty() {
         let len = extra
@@ -285,14 +304,15 @@ pub fn from_json(doc: &Json, out: &Path) -> Result<PathBuf, EncodeError> {
     }
 
     // Encode everything before creating the file: a bad entry leaves nothing behind.
+    let pool = pool_for(magic);
     let mut encoded = Vec::with_capacity(entries.len());
     let mut ghost_chunks = false;
     for (index, entry) in entries.iter().enumerate() {
         let message = magic
             .message_at(index, ghost_chunks)
             .ok_or(EncodeError::Raw { name: magic.name })?;
-        let desc =
-            descriptor(message).ok_or_else(|| document(&format!("{message} not in schema")))?;
+        let desc = descriptor(&pool, message)
+            .ok_or_else(|| document(&format!("{message} not in schema")))?;
         let mut object = entry
             .as_object()
             .cloned()
@@ -319,7 +339,7 @@ pub fn from_json(doc: &Json, out: &Path) -> Result<PathBuf, EncodeError> {
         }
         let payload = msg.encode_to_vec();
         let extra = match extra {
-            Some(value) => extra_from_json(magic, &msg, &value)
+            Some(value) => extra_from_json(&pool, magic, &msg, &value)
                 .map_err(|what| EncodeError::Extra { index, what })?,
             None => Vec::new(),
         };
@@ -333,7 +353,12 @@ pub fn from_json(doc: &Json, out: &Path) -> Result<PathBuf, EncodeError> {
     Ok(writer.finish()?)
 }
 
-fn extra_from_json(magic: &Magic, msg: &DynamicMessage, value: &Json) -> Result<Vec<u8>, String> {
+fn extra_from_json(
+    pool: &DescriptorPool,
+    magic: &Magic,
+    msg: &DynamicMessage,
+    value: &Json,
+) -> Result<Vec<u8>, String> {
     let b64 = |v: &Json| -> Result<Vec<u8>, String> {
         let text = v.as_str().ok_or("expected a base64 string")?;
         parse::decode_base64(text).ok_or_else(|| "invalid base64".to_owned())
@@ -373,7 +398,8 @@ fn extra_from_json(magic: &Magic, msg: &DynamicMessage, value: &Json) -> Result<
         }
         ExtraKind::IpcMsg => {
             let items = value.as_array().ok_or("expected [msg, data, ...]")?;
-            let desc = descriptor("criu.ipc_msg").ok_or("criu.ipc_msg missing from the schema")?;
+            let desc =
+                descriptor(pool, "criu.ipc_msg").ok_or("criu.ipc_msg missing from the schema")?;
             let mut bytes = Vec::new();
             for pair in items.chunks(2) {
                 let [head, data] = pair else {
