@@ -244,7 +244,10 @@ impl KilledTree {
     }
 
     fn wait_all(&mut self) {
-        for tid in self.seized.drain(..) {
+        // A killed thread-group leader reports its exit only after every other thread
+        // of its group has been reaped, and traced threads are reaped by their tracer:
+        // collect threads before leaders (each leader was seized before its threads).
+        for tid in self.seized.drain(..).rev() {
             let _ = ptrace::wait(tid);
         }
     }

@@ -621,3 +621,14 @@ fn a_shell_job_on_a_pty_dumps_its_terminal_only_with_shell_job() {
     let _ = child.wait();
     drop(master);
 }
+
+#[test]
+fn a_multithreaded_tree_is_killed_after_its_dump() {
+    let mut w = Workload::threads(2, 4).unwrap();
+    let pid = w.pid();
+    let dir = tempfile::tempdir().unwrap();
+    dump(&opts(pid, dir.path(), false)).unwrap();
+    let _ = w.wait_exit(Duration::from_millis(200));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert!(dir.path().join("inventory.img").exists());
+}
