@@ -60,16 +60,27 @@ fn main() {
     for (name, data) in [("pattern", pattern(pages)), ("mix", mix(pages))] {
         let tmp = tempfile::tempdir().expect("temp dir");
         let (child, addr) = spawn_cryo(&server, tmp.path(), &level);
+        let server_cpu0 = process_cpu(child.0.id());
+        let client_cpu0 = self_cpu();
         let secs = send(addr, &data);
+        let server_cpu = process_cpu(child.0.id()) - server_cpu0;
+        let client_cpu = self_cpu() - client_cpu0;
         drop(child);
         let stored = dir_size(tmp.path());
         let raw = data.len() as f64;
+        let gib = raw / (1u64 << 30) as f64;
         println!(
             "{name:8} cryo: {:8.1} MiB/s  store {:8.1} MiB for {:6.0} MiB raw (x{:.1} smaller)",
             raw / (1 << 20) as f64 / secs,
             stored as f64 / (1 << 20) as f64,
             raw / (1 << 20) as f64,
             raw / stored.max(1) as f64
+        );
+        println!(
+            "{name:8} CPU per GiB: server {:.2} s, client {:.2} s; wall {:.2} s",
+            server_cpu / gib,
+            client_cpu / gib,
+            secs
         );
         match criu_page_server(tmp.path()) {
             Ok((criu, criu_addr)) => {
@@ -211,6 +222,23 @@ fn mix(pages: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// user + system CPU seconds of a process, from /proc/PID/stat.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// CPU seconds this process used so far.
+fn self_cpu() -> f64 {
+    process_cpu(std::process::id())
 }
 
 fn dir_size(dir: &Path) -> u64 {
