@@ -186,10 +186,10 @@ impl Pagemap {
             .transpose()?
             .ok_or_else(|| PagemapError::MissingHead { path: path.clone() })?;
         image.check(&head)?;
-        let wire_err = |index, source| ImageError::Wire {
+        let wire_err = |index, error| ImageError::Wire {
             path: path.clone(),
             index,
-            source,
+            error,
         };
         let pages_id = wire::find_u64(head.payload, 1)
             .map_err(|e| wire_err(0, e))?
@@ -203,7 +203,7 @@ impl Pagemap {
             let entry = entry?;
             image.check(&entry)?;
             let index = entry.index;
-            let e = scan_entry(entry.payload).map_err(|source| wire_err(index, source))?;
+            let e = scan_entry(entry.payload).map_err(|error| wire_err(index, error))?;
             let run = normalise(&path, index, e)?;
             let run = if run.is_present() {
                 let at = offset;

@@ -24,12 +24,8 @@ pub enum ValidateError {
     #[error("message type {0} is not in the schema")]
     UnknownMessage(String),
     /// The bytes are not valid protobuf.
-    #[error("malformed protobuf in {message}: {source}")]
-    Wire {
-        message: String,
-        #[source]
-        source: WireError,
-    },
+    #[error("malformed protobuf in {message}: {error}")]
+    Wire { message: String, error: WireError },
     /// A sub-message field was not encoded as length-delimited.
     #[error("field {field} of {message} has the wrong wire type")]
     WireType { message: String, field: String },
@@ -40,8 +36,6 @@ pub enum ValidateError {
     #[error("message {message} nests deeper than {MAX_DEPTH} levels")]
     TooDeep { message: String },
 }
-
-impl std::error::Error for WireError {}
 
 #[derive(Debug)]
 struct FieldPlan {
@@ -180,9 +174,9 @@ fn check(plans: &Plans, index: usize, payload: &[u8], depth: usize) -> Result<()
     let mut occurrence: usize = 0;
     let mut last_number = 0u32;
     for field in wire::fields(payload) {
-        let field = field.map_err(|source| ValidateError::Wire {
+        let field = field.map_err(|error| ValidateError::Wire {
             message: plan.name.clone(),
-            source,
+            error,
         })?;
         occurrence = if field.number == last_number {
             occurrence + 1

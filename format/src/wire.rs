@@ -32,6 +32,8 @@ impl fmt::Display for WireError {
     }
 }
 
+impl std::error::Error for WireError {}
+
 /// The value of one field occurrence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value<'a> {

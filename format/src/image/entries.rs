@@ -90,10 +90,10 @@ impl<'a> Entries<'a> {
             ExtraKind::None => None,
             ExtraKind::GhostFile => Some(self.ghost_extra(index, payload, rest.len())?),
             _ => Some(extra::extra_len(kind, payload, rest).map_err(|e| match e {
-                ExtraSizeError::Wire(source) => ImageError::Wire {
+                ExtraSizeError::Wire(error) => ImageError::Wire {
                     path: path(),
                     index,
-                    source,
+                    error,
                 },
                 ExtraSizeError::MissingField(field) => ImageError::ExtraFieldMissing {
                     path: path(),
@@ -141,10 +141,10 @@ impl<'a> Entries<'a> {
         payload: &[u8],
         rest: usize,
     ) -> Result<u64, ImageError> {
-        let wire_err = |source| ImageError::Wire {
+        let wire_err = |error| ImageError::Wire {
             path: self.image.path.clone(),
             index,
-            source,
+            error,
         };
         if index == 0 {
             self.ghost_chunks = wire::find_u64(payload, 9).map_err(wire_err)?.unwrap_or(0) != 0;

@@ -105,11 +105,11 @@ pub enum ImageError {
         what: &'static str,
         offset: usize,
     },
-    #[error("image {path}, entry {index}: malformed protobuf: {source}")]
+    #[error("image {path}, entry {index}: malformed protobuf: {error}")]
     Wire {
         path: PathBuf,
         index: usize,
-        source: WireError,
+        error: WireError,
     },
     #[error("image {path}, entry {index}: cannot decode {message}")]
     Decode {
@@ -119,7 +119,7 @@ pub enum ImageError {
         #[source]
         source: prost::DecodeError,
     },
-    #[error("image {path}, entry {index}: {source}")]
+    #[error("image {path}, entry {index} is invalid")]
     Invalid {
         path: PathBuf,
         index: usize,
