@@ -140,6 +140,7 @@ fn every_set_diffed_with_itself_reports_no_change() {
         for task in report["tasks"].as_array().unwrap() {
             assert_eq!(task["registers"], Value::Array(vec![]));
             assert_eq!(task["sigactions"], Value::Array(vec![]));
+            assert_eq!(task["state"], Value::Array(vec![]));
             assert_eq!(task["vmas"]["added"], Value::Array(vec![]));
         }
         let text = imgtool(&["diff", path, path]);
@@ -185,7 +186,10 @@ fn targeted_changes_are_each_reported() {
     });
     rewrite::<CoreEntry>(&set.path("core-13131.img"), well_known::core(), |cores| {
         cores[0].thread_info.as_mut().unwrap().gpregs.ip += 2;
-        cores[0].tc.as_mut().unwrap().sigactions[9].sigaction = 0x1234; // signal 10
+        let tc = cores[0].tc.as_mut().unwrap();
+        tc.sigactions[9].sigaction = 0x1234; // signal 10
+        tc.blk_sigset |= 1 << 9; // SIGUSR1 blocked
+        tc.rlimits.as_mut().unwrap().rlimits[7].cur = 64; // RLIMIT_NOFILE
     });
 
     let report = diff_json(&set_path("counter"), set.dir_str());
@@ -226,6 +230,15 @@ fn targeted_changes_are_each_reported() {
 
     assert_eq!(task["sigactions"][0]["signal"], 10);
     assert_eq!(task["sigactions"][0]["b"]["handler"], "0x1234");
+
+    let state = task["state"].as_array().unwrap();
+    let names: Vec<&str> = state
+        .iter()
+        .map(|change| change["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["blk_sigset", "rlimit_nofile.cur"]);
+    assert_eq!(hex(&state[0]["b"]) ^ hex(&state[0]["a"]), 1 << 9);
+    assert_eq!(state[1]["b"], "0x40");
 }
 
 #[test]

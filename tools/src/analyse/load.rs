@@ -12,12 +12,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use cryo_format::schema::{
-    FdTypes, FdinfoEntry, FileEntry, MmEntry, PstreeEntry, UserX86RegsEntry,
+    CoreEntry, FdTypes, FdinfoEntry, FileEntry, MmEntry, PstreeEntry, UserX86RegsEntry,
 };
 use cryo_format::{ImageSet, ImageSetError, MemoryError, MemoryView, Source};
 
 use crate::analyse::memory::{Origin, PAGE_SIZE, ProcessMemory, ResidentRun};
-use crate::analyse::snapshot::{FdView, Registers, SigAction, Snapshot, TaskView};
+use crate::analyse::snapshot::{FdView, Registers, SigAction, Snapshot, TaskState, TaskView};
 use crate::analyse::vma::{Vma, VmaKind, status};
 
 /// Errors of loading an image set.
@@ -126,6 +126,7 @@ impl LoadedSet {
                 threads: Vec::new(),
                 registers: BTreeMap::new(),
                 sigactions: Vec::new(),
+                state: TaskState::new(),
                 fds: BTreeMap::new(),
                 memory: ProcessMemory {
                     pid,
@@ -150,10 +151,14 @@ impl LoadedSet {
         let mut registers = BTreeMap::new();
         let mut comm = String::new();
         let mut sigactions = Vec::new();
+        let mut state = TaskState::new();
         for &tid in &entry.threads {
             let core = set.core(tid)?;
             if let Some(info) = &core.thread_info {
                 registers.insert(tid, named_registers(&info.gpregs));
+            }
+            if tid == pid {
+                state = task_state(&core);
             }
             if let Some(tc) = core.tc.as_ref().filter(|_| tid == pid) {
                 comm = tc.comm.clone();
@@ -193,6 +198,7 @@ impl LoadedSet {
             threads: entry.threads.clone(),
             registers,
             sigactions,
+            state,
             fds,
             memory,
         })
@@ -319,6 +325,59 @@ pub fn vmas(mm: &MmEntry, files: &FileTable) -> Vec<Vma> {
         .collect();
     vmas.sort_by_key(|vma| vma.start);
     vmas
+}
+
+/// `RLIMIT_*` names in resource-number order (the index of `task_rlimits_entry.rlimits`).
+const RLIMITS: [&str; 16] = [
+    "cpu",
+    "fsize",
+    "data",
+    "stack",
+    "core",
+    "rss",
+    "nproc",
+    "nofile",
+    "memlock",
+    "as",
+    "locks",
+    "sigpending",
+    "msgqueue",
+    "nice",
+    "rtprio",
+    "rttime",
+];
+
+/// The leader's task-wide state by name, from its core image.
+fn task_state(core: &CoreEntry) -> TaskState {
+    let mut state = TaskState::new();
+    if let Some(tc) = &core.tc {
+        state.push(("task_state".to_owned(), u64::from(tc.task_state)));
+        state.push(("exit_code".to_owned(), u64::from(tc.exit_code)));
+        state.push(("personality".to_owned(), u64::from(tc.personality)));
+        state.push(("blk_sigset".to_owned(), tc.blk_sigset));
+        for (index, limit) in tc.rlimits.iter().flat_map(|r| r.rlimits.iter()).enumerate() {
+            let name = RLIMITS
+                .get(index)
+                .map_or_else(|| index.to_string(), |n| n.to_string());
+            state.push((format!("rlimit_{name}.cur"), limit.cur));
+            state.push((format!("rlimit_{name}.max"), limit.max));
+        }
+    }
+    if let Some(creds) = core.thread_core.as_ref().and_then(|tc| tc.creds.as_ref()) {
+        for (name, id) in [
+            ("uid", creds.uid),
+            ("gid", creds.gid),
+            ("euid", creds.euid),
+            ("egid", creds.egid),
+            ("suid", creds.suid),
+            ("sgid", creds.sgid),
+            ("fsuid", creds.fsuid),
+            ("fsgid", creds.fsgid),
+        ] {
+            state.push((format!("creds.{name}"), u64::from(id)));
+        }
+    }
+    state
 }
 
 /// General-purpose registers by name, in `user_regs_struct` order.

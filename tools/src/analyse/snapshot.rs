@@ -16,6 +16,9 @@ use crate::analyse::memory::ProcessMemory;
 /// General-purpose registers of one thread, by name, in `user_regs_struct` order.
 pub type Registers = Vec<(&'static str, u64)>;
 
+/// Task-wide state by name: task state, blocked signals, credentials, resource limits.
+pub type TaskState = Vec<(String, u64)>;
+
 /// A signal handler (`sa_entry`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SigAction {
@@ -44,6 +47,7 @@ pub struct TaskView<'a> {
     pub threads: Vec<u32>,
     pub registers: BTreeMap<u32, Registers>,
     pub sigactions: Vec<SigAction>,
+    pub state: TaskState,
     pub fds: BTreeMap<u32, FdView>,
     pub memory: ProcessMemory<'a>,
 }

@@ -34,6 +34,8 @@
 //!     },
 //!     "registers": [ { "tid": TID, "changes": [ { "name": "ip", "a": HEX, "b": HEX } ] } ],
 //!     "sigactions": [ { "signal": N, "a": SA, "b": SA } ],
+//!     "state": [ { "name": "blk_sigset", "a": HEX, "b": HEX } ],  // task_state, exit_code,
+//!              // personality, blk_sigset, rlimit_<name>.cur/.max, creds.<uid|gid|...>
 //!     "pages": { "identical": N, "changed": N, "only_a": N, "only_b": N,
 //!                "vmas": [ { "start": HEX, "end": HEX, "kind": STR, "path": STR?,
 //!                            "identical": N, "changed": N, "only_a": N, "only_b": N } ] }
@@ -189,6 +191,16 @@ pub struct RegisterChange {
     pub b: u64,
 }
 
+/// A named task-wide value that differs (`blk_sigset`, `rlimit_nofile.cur`, `creds.uid`).
+#[derive(Debug, Serialize)]
+pub struct StateChange {
+    pub name: String,
+    #[serde(serialize_with = "hex")]
+    pub a: u64,
+    #[serde(serialize_with = "hex")]
+    pub b: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ThreadRegisters {
     pub tid: u32,
@@ -234,6 +246,7 @@ pub struct TaskDiff {
     pub fds: FdChanges,
     pub registers: Vec<ThreadRegisters>,
     pub sigactions: Vec<SigActionChange>,
+    pub state: Vec<StateChange>,
     pub pages: TaskPages,
 }
 
@@ -246,6 +259,7 @@ impl TaskDiff {
             || !self.fds.is_empty()
             || !self.registers.is_empty()
             || !self.sigactions.is_empty()
+            || !self.state.is_empty()
             || self.pages.counts.differs()
     }
 }

@@ -118,6 +118,9 @@ fn render_task(out: &mut String, task: &TaskDiff) {
             .collect();
         let _ = writeln!(out, "  registers of {}: {}", thread.tid, changes.join(", "));
     }
+    for change in &task.state {
+        let _ = writeln!(out, "  {}: {:#x} -> {:#x}", change.name, change.a, change.b);
+    }
     for sa in &task.sigactions {
         let _ = writeln!(
             out,

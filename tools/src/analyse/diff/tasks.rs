@@ -6,10 +6,10 @@ use indicatif::ProgressBar;
 
 use super::{
     DiffReport, FdChange, FdChanges, FdMove, FdRef, JSON_VERSION, Membership, RegisterChange,
-    Reprotected, Resized, SigActionChange, SigActionRef, TaskDiff, TaskPages, ThreadRegisters,
-    VmaChanges, VmaRef, compare_pages,
+    Reprotected, Resized, SigActionChange, SigActionRef, StateChange, TaskDiff, TaskPages,
+    ThreadRegisters, VmaChanges, VmaRef, compare_pages,
 };
-use crate::analyse::snapshot::{FdView, Registers, SigAction, Snapshot, TaskView};
+use crate::analyse::snapshot::{FdView, Registers, SigAction, Snapshot, TaskState, TaskView};
 use crate::analyse::vma::Vma;
 
 /// Compares two sets completely (`verify`: see `compare_pages`).
@@ -58,6 +58,7 @@ fn compare_task(
         fds: compare_fds(&a.fds, &b.fds),
         registers: compare_registers(&a.registers, &b.registers),
         sigactions: compare_sigactions(&a.sigactions, &b.sigactions),
+        state: compare_state(&a.state, &b.state),
         pages: TaskPages { counts, vmas: rows },
     }
 }
@@ -208,6 +209,29 @@ fn compare_registers(
         }
     }
     threads
+}
+
+/// Values matched by name; a value present on one side only counts as 0 on the other.
+fn compare_state(a: &TaskState, b: &TaskState) -> Vec<StateChange> {
+    let a_by_name: BTreeMap<&str, u64> = a.iter().map(|(name, v)| (name.as_str(), *v)).collect();
+    let b_by_name: BTreeMap<&str, u64> = b.iter().map(|(name, v)| (name.as_str(), *v)).collect();
+    let names: BTreeSet<&str> = a_by_name.keys().chain(b_by_name.keys()).copied().collect();
+    let mut changes: Vec<StateChange> = names
+        .into_iter()
+        .filter_map(|name| {
+            let x = a_by_name.get(name).copied().unwrap_or(0);
+            let y = b_by_name.get(name).copied().unwrap_or(0);
+            (x != y).then(|| StateChange {
+                name: name.to_owned(),
+                a: x,
+                b: y,
+            })
+        })
+        .collect();
+    // Keep the order of the images (state, signals, limits, creds), not alphabetical.
+    let position = |name: &str| a.iter().chain(b).position(|(n, _)| n == name);
+    changes.sort_by_key(|change| position(&change.name));
+    changes
 }
 
 fn sigaction_ref(sa: &SigAction) -> SigActionRef {
