@@ -252,6 +252,39 @@ pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), PtraceError> {
     check(tid, "SETSIGMASK", ret).map(drop)
 }
 
+/// `struct ptrace_peeksiginfo_args`.
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// `PTRACE_PEEKSIGINFO_SHARED`: the process-wide queue instead of the thread's own.
+const PEEKSIGINFO_SHARED: u32 = 1;
+
+/// Pending (queued, undelivered) signals of a stopped tracee as raw 128-byte
+/// `siginfo_t`s: the thread's own queue, or with `shared` the process-wide one.
+pub fn pending_signals(tid: i32, shared: bool) -> Result<Vec<[u8; 128]>, PtraceError> {
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [[0u8; 128]; 32];
+        let args = PeekSiginfoArgs {
+            off: out.len() as u64,
+            flags: if shared { PEEKSIGINFO_SHARED } else { 0 },
+            nr: buf.len() as i32,
+        };
+        // SAFETY: addr points at the args struct, data at room for `nr` siginfos; both
+        // outlive the call.
+        let ret = unsafe { libc::ptrace(libc::PTRACE_PEEKSIGINFO, tid, &args, buf.as_mut_ptr()) };
+        let n = check(tid, "PEEKSIGINFO", ret)? as usize;
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return Ok(out);
+        }
+    }
+}
+
 /// `struct user_desc` of `<asm/ldt.h>`, as `PTRACE_GET_THREAD_AREA` fills it.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]

@@ -9,9 +9,9 @@
 use std::fs;
 
 use cryo_format::schema::{
-    CoreEntry, CredsEntry, ItimerEntry, RlimitEntry, RseqEntry, SaEntry, SignalQueueEntry,
-    TaskCoreEntry, TaskRlimitsEntry, TaskTimersEntry, ThreadCoreEntry, ThreadInfoX86,
-    ThreadSasEntry, UserDescT,
+    CoreEntry, CredsEntry, ItimerEntry, RlimitEntry, RseqEntry, SaEntry, SiginfoEntry,
+    SignalQueueEntry, TaskCoreEntry, TaskRlimitsEntry, TaskTimersEntry, ThreadCoreEntry,
+    ThreadInfoX86, ThreadSasEntry, UserDescT,
 };
 use thiserror::Error;
 
@@ -293,6 +293,17 @@ pub fn process_remote(p: &mut Parasite) -> Result<ProcessRemote, TaskError> {
     })
 }
 
+/// Pending signals of a thread (`shared`: of its process) as a `signal_queue_entry`.
+fn signal_queue(tid: i32, shared: bool) -> Result<SignalQueueEntry, TaskError> {
+    let signals = ptrace::pending_signals(tid, shared)?
+        .into_iter()
+        .map(|raw| SiginfoEntry {
+            siginfo: raw.to_vec(),
+        })
+        .collect();
+    Ok(SignalQueueEntry { signals })
+}
+
 /// Builds the `core` entry of one thread. `remote` must be a [`RemoteThread`] over
 /// `tid`, sharing the parasite's scratch area (same mm).
 fn thread_core(
@@ -385,7 +396,7 @@ fn thread_core(
         blk_sigset: (tid != pid).then_some(sigmask),
         sas: Some(sas),
         pdeath_sig: (pdeath != 0).then_some(pdeath),
-        signals_p: Some(SignalQueueEntry::default()),
+        signals_p: Some(signal_queue(tid, false)?),
         creds: Some(creds),
         comm,
         rseq_entry: rseq,
@@ -423,6 +434,7 @@ pub fn cores(
         .and_then(|s| s.trim().parse().ok());
     let sigacts = sigactions(p)?;
     let timers = itimers(p)?;
+    let shared_signals = signal_queue(pid, true)?;
 
     let mut out = Vec::with_capacity(threads.len());
     for &tid in threads {
@@ -444,7 +456,7 @@ pub fn cores(
             comm: stat.comm.clone(),
             timers: Some(timers.clone()),
             rlimits: Some(rlimits(pid)),
-            signals_s: Some(SignalQueueEntry::default()),
+            signals_s: Some(shared_signals.clone()),
             loginuid,
             oom_score_adj: oom,
             sigactions: sigacts.clone(),

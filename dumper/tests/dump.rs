@@ -353,7 +353,7 @@ fn file_sig_dump_has_offsets_handlers_mask_and_itimer() {
     assert_ne!(usr1.flags & libc::SA_RESTART as u64, 0);
     assert_ne!(usr1.mask & (1 << (libc::SIGTERM - 1)), 0);
     assert_eq!(tc.blk_sigset, 1 << (libc::SIGUSR2 - 1));
-    let real = tc.timers.unwrap().real;
+    let real = tc.timers.clone().unwrap().real;
     assert_eq!((real.isec, real.iusec), (0, 20_000));
     assert!(real.vsec == 0 && real.vusec <= 20_000);
 
@@ -631,4 +631,52 @@ fn a_multithreaded_tree_is_killed_after_its_dump() {
     let _ = w.wait_exit(Duration::from_millis(200));
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     assert!(dir.path().join("inventory.img").exists());
+}
+
+#[test]
+fn a_blocked_pending_signal_is_in_the_image_and_stays_pending() {
+    let w = Workload::file_sig().unwrap();
+    let pid = w.pid();
+    // SIGUSR2 is blocked by the workload: it stays queued in the process.
+    // SAFETY: kill(2) to our own child.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    std::thread::sleep(Duration::from_millis(50));
+    let dir = tempfile::tempdir().unwrap();
+    dump(&opts(pid, dir.path(), true)).unwrap();
+
+    let set = ImageSet::open(dir.path()).unwrap();
+    let shared = set
+        .core(pid as u32)
+        .unwrap()
+        .tc
+        .unwrap()
+        .signals_s
+        .unwrap()
+        .signals;
+    // A SIGALRM of the 20 ms itimer may be queued too while the tree is frozen.
+    let signos: Vec<i32> = shared
+        .iter()
+        .map(|s| i32::from_ne_bytes(s.siginfo[0..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        signos.iter().filter(|&&s| s == libc::SIGUSR2).count(),
+        1,
+        "{signos:?}"
+    );
+    assert!(
+        signos
+            .iter()
+            .all(|&s| s == libc::SIGUSR2 || s == libc::SIGALRM),
+        "{signos:?}"
+    );
+    assert!(shared.iter().all(|s| s.siginfo.len() == 128));
+
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let shdpnd = status.lines().find(|l| l.starts_with("ShdPnd:")).unwrap();
+    let mask = u64::from_str_radix(shdpnd.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_ne!(
+        mask & (1 << (libc::SIGUSR2 - 1)),
+        0,
+        "still pending after the dump"
+    );
 }
