@@ -10,7 +10,7 @@ use crate::analyse::load::LoadedSet;
 use crate::analyse::memory::PAGE_SIZE;
 use crate::analyse::progress::bytes_bar;
 
-/// Compare two image sets: processes, threads, VMAs, fds, registers, signal handlers, pages.
+/// Compare two image sets: processes, threads, VMAs, fds, registers, signals, limits, pages.
 ///
 /// Pages are compared by content (XXH3-128 of every page, hashed in parallel; --verify also
 /// compares the bytes of pages whose digests match), following `parent` chains, and counted
@@ -24,6 +24,7 @@ use crate::analyse::progress::bytes_bar;
 ///    "fds": {"opened", "closed", "moved", "changed"},
 ///    "registers": [{"tid", "changes": [{"name", "a", "b"}]}],
 ///    "sigactions": [{"signal", "a", "b"}],
+///    "state": [{"name", "a", "b"}],   (task_state, blk_sigset, rlimit_*, creds.*)
 ///    "pages": {"identical", "changed", "only_a", "only_b",
 ///              "vmas": [{"start", "end", "kind", "path"?, <the four counts>}]}}]}
 /// Addresses and register values are "0x…" strings; "changed" says whether anything differs.
