@@ -154,9 +154,13 @@ fn open_regular(
         path: path.clone(),
         source,
     })?;
+    // A file open for appending keeps growing after the dump (logs): its size is
+    // not a fact about the file the process expects, so only other files are checked.
     let is_regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let appending = flags & libc::O_APPEND as u32 != 0;
     if let Some(expected) = size
         && is_regular
+        && !appending
         && st.st_size as u64 != expected
     {
         return Err(FileError::Size {

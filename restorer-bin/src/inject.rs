@@ -44,6 +44,9 @@ unsafe extern "C" {
 /// Machine code of the scratch page's entry point: `syscall; int3`.
 pub const GADGET_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
 
+/// Machine code of the scratch page's copy routine: `rep movsb; int3`.
+pub const COPY_CODE: [u8; 3] = [0xf3, 0xa4, 0xcc];
+
 /// Address of the `syscall; int3` sequence in the restorer's text (and so in a freshly
 /// forked child's).
 pub fn gadget_address() -> u64 {
@@ -235,6 +238,42 @@ impl Tracee {
             }
         }
         self.result(name)
+    }
+
+    /// Copies `len` bytes from `src` to `dst` inside the tracee by running the
+    /// `rep movsb; int3` routine at `code` (see [`COPY_CODE`]).
+    pub fn copy_in_child(
+        &self,
+        code: u64,
+        dst: u64,
+        src: u64,
+        len: u64,
+    ) -> Result<(), InjectError> {
+        let mut regs = self.template;
+        regs.rip = code;
+        regs.rdi = dst;
+        regs.rsi = src;
+        regs.rcx = len;
+        regs.orig_rax = u64::MAX;
+        // Direction flag clear: copy upwards.
+        regs.eflags &= !0x400;
+        self.set_regs(&regs)?;
+        loop {
+            ptrace::cont(self.pid(), None).map_err(self.ptrace_err("CONT"))?;
+            match self.wait_stop("copy")? {
+                libc::SIGTRAP => return Ok(()),
+                sig @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE) => {
+                    let rip = self.regs().map(|r| r.rip).unwrap_or(0);
+                    return Err(InjectError::UnexpectedSignal {
+                        tid: self.tid,
+                        signal: sig,
+                        rip,
+                        during: "copy",
+                    });
+                }
+                sig => tracing::debug!(tid = self.tid, signal = sig, "stop passed over"),
+            }
+        }
     }
 
     fn call_regs(&self, nr: libc::c_long, args: &[u64]) -> libc::user_regs_struct {

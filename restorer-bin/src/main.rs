@@ -27,6 +27,7 @@ mod restore;
 mod spawn;
 mod thread;
 mod timens;
+mod uffd;
 mod waiter;
 
 use std::path::PathBuf;

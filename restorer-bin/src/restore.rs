@@ -140,6 +140,7 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
     tracing::info!(
         root = spawned.root,
         processes = spawned.ready.len(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
         "tree created"
     );
 
