@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use cryo_format::ImageFile;
+use cryo_format::schema::descriptor_pool_for;
 use cryo_format::schema::{
     CoreEntry, FdinfoEntry, FileEntry, FsEntry, MmEntry, PagemapEntry, PstreeEntry,
     TaskKobjIdsEntry,
 };
 
+use crate::json::image::check_entry;
 use crate::json::output;
 use crate::json::render::quoted_printable;
 
@@ -53,6 +55,34 @@ pub fn run(args: &Args) -> Result<()> {
     output::write_stdout(text.as_bytes()).context("cannot write stdout")
 }
 
+/// The entries of the image at `path` from index `skip` on, as `M`, with required fields
+/// checked. The check uses a schema of only this image type's `.proto` files (see
+/// `descriptor_pool_for`), which keeps a one-shot `x` as cheap as the images it reads.
+fn read_entries<M: prost::Message + Default>(path: &Path, skip: usize) -> Result<Vec<M>> {
+    let image = ImageFile::open(path)?;
+    let magic = image.magic();
+    let pool = magic.message.and_then(descriptor_pool_for);
+    let mut out = Vec::new();
+    for entry in image.entries().skip(skip) {
+        let entry = entry?;
+        // check_entry checks the encoding and required fields and names the bad field.
+        if let Some(pool) = &pool {
+            check_entry(pool, path, &entry)?;
+        } else {
+            image.check(&entry)?;
+        }
+        let msg = M::decode(entry.payload).with_context(|| {
+            format!(
+                "image {}, entry {}: cannot decode",
+                path.display(),
+                entry.index
+            )
+        })?;
+        out.push(msg);
+    }
+    Ok(out)
+}
+
 const VMA_AREA_REGULAR: u32 = 1 << 0;
 const VMA_AREA_STACK: u32 = 1 << 1;
 const VMA_AREA_VSYSCALL: u32 = 1 << 2;
@@ -73,7 +103,7 @@ struct Set {
 
 impl Set {
     fn open(dir: &Path) -> Result<Self> {
-        let tree = ImageFile::open(dir.join("pstree.img"))?.decode_all::<PstreeEntry>()?;
+        let tree = read_entries::<PstreeEntry>(&dir.join("pstree.img"), 0)?;
         Ok(Set {
             dir: dir.to_owned(),
             tree,
@@ -82,11 +112,20 @@ impl Set {
     }
 
     fn one<M: prost::Message + Default>(&self, name: &str) -> Result<M> {
-        Ok(ImageFile::open(self.dir.join(name))?.decode_one::<M>()?)
+        let path = self.dir.join(name);
+        let mut all = read_entries::<M>(&path, 0)?;
+        if all.len() != 1 {
+            bail!(
+                "image {} holds {} entries, expected exactly one",
+                path.display(),
+                all.len()
+            );
+        }
+        Ok(all.remove(0))
     }
 
     fn all<M: prost::Message + Default>(&self, name: &str) -> Result<Vec<M>> {
-        Ok(ImageFile::open(self.dir.join(name))?.decode_all::<M>()?)
+        read_entries(&self.dir.join(name), 0)
     }
 
     fn load_files(&mut self) -> Result<()> {
@@ -256,11 +295,8 @@ fn rss(set: &Set) -> Result<String> {
     let mut out = String::new();
     for p in &set.tree {
         let mm: MmEntry = set.one(&format!("mm-{}.img", p.pid))?;
-        let image = ImageFile::open(set.dir.join(format!("pagemap-{}.img", p.pid)))?;
-        let mut pagemap = Vec::new();
-        for entry in image.entries().skip(1) {
-            pagemap.push(image.decode::<PagemapEntry>(&entry?)?);
-        }
+        let pagemap_path = set.dir.join(format!("pagemap-{}.img", p.pid));
+        let pagemap = read_entries::<PagemapEntry>(&pagemap_path, 1)?;
         let vmas = &mm.vmas;
 
         let _ = writeln!(out, "{}", p.pid);

@@ -155,6 +155,17 @@ pub fn decode_entry(
     entry: &RawEntry<'_>,
     pretty: bool,
 ) -> Result<Map<String, Json>, DecodeError> {
+    let msg = check_entry(pool, path, entry)?;
+    Ok(render::message(&msg, pretty))
+}
+
+/// One entry decoded reflectively, its encoding and required fields checked; errors name
+/// the image, the entry index and the field.
+pub fn check_entry(
+    pool: &DescriptorPool,
+    path: &Path,
+    entry: &RawEntry<'_>,
+) -> Result<DynamicMessage, DecodeError> {
     let message = entry.message.ok_or_else(|| DecodeError::Raw {
         path: path.to_owned(),
         magic: "unknown",
@@ -190,10 +201,10 @@ pub fn decode_entry(
             index = entry.index,
             entry_type = message,
             unknown,
-            "fields unknown to cryo's schema are left out of the JSON"
+            "fields unknown to cryo's schema are ignored (left out of any JSON)"
         );
     }
-    Ok(render::message(&msg, pretty))
+    Ok(msg)
 }
 
 /// python crit's human-readable size: binary units, no space, decimals only when needed.
