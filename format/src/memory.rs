@@ -91,6 +91,7 @@ pub enum MemoryError {
 struct Layer {
     dir: PathBuf,
     pagemap: Pagemap,
+    pages_path: PathBuf,
     pages: Option<Mmap>,
 }
 
@@ -124,6 +125,7 @@ impl Layer {
         Ok(Layer {
             dir: dir.to_path_buf(),
             pagemap,
+            pages_path,
             pages,
         })
     }
@@ -230,6 +232,16 @@ impl MemoryView {
     /// Number of layers (1 without parents).
     pub fn depth(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Where a slice handed out by this view lives on disk: the pages image of layer `depth`
+    /// and the byte offset in it. For callers that `mmap` or `preadv` the file themselves.
+    pub fn file_offset(&self, depth: usize, bytes: &[u8]) -> Option<(&Path, u64)> {
+        let layer = self.layers.get(depth)?;
+        let pages = layer.pages.as_deref()?;
+        let base = pages.as_ptr() as usize;
+        let at = (bytes.as_ptr() as usize).checked_sub(base)?;
+        (at + bytes.len() <= pages.len()).then_some((layer.pages_path.as_path(), at as u64))
     }
 
     /// The page holding `vaddr`: its 4096 bytes, or why there are none. Allocation-free, for

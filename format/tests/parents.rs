@@ -94,6 +94,16 @@ fn lookups_follow_the_parent_chain_to_the_layer_holding_each_page() {
         [(0x10800, 0x800), (0x11000, 0x1000), (0x12000, 0x1800)]
     );
     assert_eq!(data_tag(segs[2].source), (0xa2, 2));
+    let Source::Data { bytes, depth } = segs[2].source else {
+        unreachable!()
+    };
+    let (file, offset) = view.file_offset(depth, bytes).unwrap();
+    assert!(file.ends_with("t0/pages-1.img"), "{}", file.display());
+    assert_eq!(offset, 2 * PAGE_SIZE); // 0x12000 is the third page of t0's first run
+    assert!(
+        view.file_offset(0, bytes).is_none(),
+        "t2 has no pages image"
+    );
 
     let mut buf = [0u8; 16];
     view.read(0x11ff8, &mut buf).unwrap();
