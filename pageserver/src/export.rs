@@ -9,8 +9,10 @@
 //!
 //! Each pages image is written and fsynced before its pagemap, each under a temporary name
 //! renamed into place; if the export fails, every file it already placed is removed again.
-//! Entries marked `PE_PARENT` stay holes: they refer to the parent checkpoint, which must be
-//! exported too and linked as `parent` (see [`ExportOptions::parent_link`]).
+//! Entries marked `PE_PARENT` stay holes that refer to the parent checkpoint, which must then
+//! be exported too and linked as `parent` ([`ExportOptions::parent_link`]) — or, with
+//! [`ExportOptions::flatten`], each hole is resolved up the parent chain and written as
+//! present pages, giving a self-contained image set.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -20,8 +22,8 @@ use cryo_format::magic::well_known;
 use cryo_format::pagemap::{encode_entry, encode_head};
 use cryo_format::writer::{ImageWriter, WriteError};
 
-use crate::protocol::{DstKind, PAGE_SIZE};
-use crate::store::{Store, StoreError, StoredPagemap};
+use crate::protocol::{DstId, DstKind, PAGE_SIZE, PE_PARENT, PE_PRESENT};
+use crate::store::{Entry, Store, StoreError, StoredPagemap};
 
 /// Pages read from the store at a time.
 const READ_BATCH: usize = 256;
@@ -41,6 +43,12 @@ pub enum ExportError {
         #[source]
         source: WriteError,
     },
+    #[error("checkpoint {checkpoint}: {dst:?} page {vaddr:#x} is a hole no parent holds")]
+    Unresolved {
+        checkpoint: u64,
+        dst: DstId,
+        vaddr: u64,
+    },
     #[error("writing {path}")]
     Io {
         path: PathBuf,
@@ -54,6 +62,8 @@ pub enum ExportError {
 pub struct ExportOptions {
     /// Create a `parent` symlink to this path in the output directory.
     pub parent_link: Option<PathBuf>,
+    /// Resolve `PE_PARENT` holes through the parent chain and write them as present pages.
+    pub flatten: bool,
 }
 
 /// What an export wrote.
@@ -81,7 +91,12 @@ pub fn export_checkpoint(
     let mut summary = ExportSummary::default();
     let result = (|| {
         for pm in &pagemaps {
-            export_pagemap(store, checkpoint, pm, out, &mut summary)?;
+            if options.flatten {
+                let flat = flatten(store, checkpoint, pm)?;
+                export_pagemap(store, checkpoint, &flat, out, &mut summary)?;
+            } else {
+                export_pagemap(store, checkpoint, pm, out, &mut summary)?;
+            }
         }
         if let Some(target) = &options.parent_link {
             let link = out.join("parent");
@@ -188,4 +203,70 @@ fn write_pages(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Rewrites `pm` with every `PE_PARENT` entry replaced by present pages from the parent chain.
+fn flatten(
+    store: &Store,
+    checkpoint: u64,
+    pm: &StoredPagemap,
+) -> Result<StoredPagemap, ExportError> {
+    let store_err = |source| ExportError::Store { checkpoint, source };
+    let mut out = StoredPagemap {
+        entries: Vec::new(),
+        refs: Vec::new(),
+        ..pm.clone()
+    };
+    let mut ref_at = 0usize;
+    // Parent pagemaps, loaded once each: (checkpoint id, pagemap).
+    let mut chain: Vec<(u64, Option<StoredPagemap>)> = Vec::new();
+    let mut next = store.checkpoint(checkpoint).map_err(store_err)?.parent;
+    for e in &pm.entries {
+        if e.is_present() {
+            let n = e.nr_pages as usize;
+            out.refs.extend_from_slice(&pm.refs[ref_at..ref_at + n]);
+            ref_at += n;
+            out.entries.push(*e);
+            continue;
+        }
+        if e.flags & PE_PARENT == 0 {
+            out.entries.push(*e);
+            continue;
+        }
+        for page in 0..e.nr_pages {
+            let vaddr = e.vaddr + page * PAGE_SIZE as u64;
+            let mut level = 0;
+            let found = loop {
+                if level == chain.len() {
+                    let Some(parent) = next else { break None };
+                    let pagemap = store.pagemap(parent, pm.dst).map_err(store_err)?;
+                    next = store.checkpoint(parent).map_err(store_err)?.parent;
+                    chain.push((parent, pagemap));
+                }
+                let Some(parent_pm) = &chain[level].1 else {
+                    break None;
+                };
+                let Some(at) = parent_pm.locate(vaddr) else {
+                    break None;
+                };
+                match at.ref_index {
+                    Some(ri) => break Some(parent_pm.refs[ri as usize]),
+                    None if at.flags & PE_PARENT != 0 => level += 1,
+                    None => break None,
+                }
+            };
+            let r = found.ok_or(ExportError::Unresolved {
+                checkpoint,
+                dst: pm.dst,
+                vaddr,
+            })?;
+            out.refs.push(r);
+        }
+        out.entries.push(Entry {
+            vaddr: e.vaddr,
+            nr_pages: e.nr_pages,
+            flags: PE_PRESENT,
+        });
+    }
+    Ok(out)
 }

@@ -61,6 +61,9 @@ enum Cmd {
         /// Make OUT/parent a symlink to this path (for checkpoints with a parent).
         #[arg(long)]
         parent_link: Option<PathBuf>,
+        /// Resolve holes through the parent chain: a self-contained image set.
+        #[arg(long)]
+        flatten: bool,
     },
 }
 
@@ -118,10 +121,19 @@ fn main() -> anyhow::Result<()> {
             checkpoint,
             out,
             parent_link,
+            flatten,
         }) => {
             let st = Store::open_read_only(&store.store)
                 .with_context(|| format!("opening store {}", store.store.display()))?;
-            let summary = export_checkpoint(&st, checkpoint, &out, &ExportOptions { parent_link })?;
+            let summary = export_checkpoint(
+                &st,
+                checkpoint,
+                &out,
+                &ExportOptions {
+                    parent_link,
+                    flatten,
+                },
+            )?;
             println!(
                 "exported checkpoint {checkpoint}: {} files, {} pages, {} pages left as holes",
                 summary.files.len(),

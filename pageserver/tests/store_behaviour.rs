@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 
 use common::{TestServer, patterned_pages};
 use cryo_pageserver::client::Client;
+use cryo_pageserver::export::{ExportOptions, export_checkpoint};
 use cryo_pageserver::protocol::{DstId, PE_PARENT, PE_PRESENT};
 use cryo_pageserver::server::{ParentPolicy, SessionEnd};
 use cryo_pageserver::store::{CheckpointInfo, Store};
@@ -129,6 +130,28 @@ fn a_pre_dump_chain_deduplicates_and_get_follows_holes_to_the_parent() {
     let pm = store.pagemap(second.id, dst).unwrap().unwrap();
     assert_eq!(pm.entries[0].flags, PE_PARENT);
     assert_eq!(pm.entries[1].flags, PE_PRESENT);
+
+    // Export keeps the hole (8 pages in the pages image), or resolves it with `flatten`.
+    let out = tmp.path().join("holes");
+    let summary = export_checkpoint(&store, second.id, &out, &ExportOptions::default()).unwrap();
+    assert_eq!((summary.pages, summary.hole_pages), (8, 8));
+    let flat_dir = tmp.path().join("flat");
+    let flat = ExportOptions {
+        flatten: true,
+        ..ExportOptions::default()
+    };
+    let summary = export_checkpoint(&store, second.id, &flat_dir, &flat).unwrap();
+    assert_eq!((summary.pages, summary.hole_pages), (16, 0));
+    let pagemap = cryo_format::Pagemap::open(flat_dir.join("pagemap-500.img")).unwrap();
+    assert!(
+        pagemap
+            .runs()
+            .iter()
+            .all(|r| r.is_present() && !r.in_parent())
+    );
+    let pages = std::fs::read(flat_dir.join(pagemap.pages_file_name())).unwrap();
+    assert_eq!(&pages[..8 * 4096], &round1[..8 * 4096]);
+    assert_eq!(&pages[8 * 4096..], &round2[8 * 4096..]);
 
     // GET reads the newest checkpoint and follows its hole into round 1.
     let mut c = Client::connect(server.addr).unwrap();
