@@ -185,6 +185,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         threads += info.threads.len();
     }
 
+    tracing::debug!(
+        ms = frozen_at.elapsed().as_secs_f64() * 1e3,
+        "all processes collected"
+    );
     let pstree: Vec<PstreeEntry> = tree
         .tasks()
         .iter()
@@ -240,6 +244,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         ..InventoryEntry::default()
     };
     set.finish(&inventory)?;
+    tracing::debug!(
+        ms = frozen_at.elapsed().as_secs_f64() * 1e3,
+        "inventory written"
+    );
     cleanup.armed = false;
 
     let processes = tree.tasks().len();
@@ -280,6 +288,7 @@ fn dump_process(
     dumped_tables: &mut Vec<u32>,
 ) -> Result<(u64, Duration), DumpError> {
     let pid = info.pid;
+    let t_start = Instant::now();
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|source| {
         DumpError::Proc {
             pid,
@@ -288,8 +297,25 @@ fn dump_process(
         }
     })?;
     let vmas = vma::to_vmas(&vma::parse_smaps(pid, &smaps)?);
+    let smaps_ms = t_start.elapsed().as_secs_f64() * 1e3;
     if let Some(v) = vmas.iter().find(|v| v.kind == vma::VmaKind::AnonShared) {
         let what = format!("shared anonymous memory at {:#x}-{:#x}", v.start, v.end);
+        return Err(DumpError::Unsupported { pid, what });
+    }
+
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
+        DumpError::Proc {
+            pid,
+            what: "status".into(),
+            source,
+        }
+    })?;
+    let seccomp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(str::trim);
+    if seccomp.is_some_and(|m| m != "0") {
+        let what = format!("seccomp (mode {})", seccomp.unwrap_or("?"));
         return Err(DumpError::Unsupported { pid, what });
     }
 
@@ -316,10 +342,19 @@ fn dump_process(
     let root = files.path_id(&read_link(pid, "root")?);
     let layout = task::mm_layout(pid)?;
     let auxv = task::saved_auxv(pid)?;
+    let t_scan = Instant::now();
     let runs = pages::select(pid, &vmas)?;
+    let scan_ms = t_scan.elapsed().as_secs_f64() * 1e3;
 
     let t_collect = Instant::now();
-    tracing::debug!(pid, runs = runs.len(), vmas = vmas.len(), "proc state read");
+    tracing::debug!(
+        pid,
+        runs = runs.len(),
+        vmas = vmas.len(),
+        smaps_ms,
+        scan_ms,
+        "proc state read"
+    );
     let syscall_ip = remote::find_syscall_insn(pid)?;
     let leader = RemoteThread::new(pid, syscall_ip)?;
     let mut parasite = Parasite::plant(pid, leader)?;

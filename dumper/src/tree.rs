@@ -37,6 +37,10 @@ pub enum FreezeError {
         #[source]
         source: PtraceError,
     },
+    #[error("process {pid} is a zombie; dumping zombies is not supported")]
+    Zombie { pid: i32 },
+    #[error("process {pid} is stopped (state {state}); dumping stopped tasks is not supported")]
+    Stopped { pid: i32, state: char },
     #[error("the dumper (pid {pid}) is itself inside the tree of {root}; run it detached")]
     SelfInTree { pid: i32, root: i32 },
 }
@@ -163,6 +167,17 @@ impl FrozenTree {
                     Err(FreezeError::NoSuchProcess { .. }) if pid != root => continue,
                     Err(e) => return Err(e),
                 };
+                let stat = read_stat(&format!("/proc/{pid}/stat"))?;
+                match stat.state {
+                    'Z' | 'X' => return Err(FreezeError::Zombie { pid }),
+                    'T' | 't' if !seized.contains(&pid) => {
+                        return Err(FreezeError::Stopped {
+                            pid,
+                            state: stat.state,
+                        });
+                    }
+                    _ => {}
+                }
                 for &tid in &threads {
                     if seized.insert(tid) {
                         found_new = true;
