@@ -428,3 +428,121 @@ fn empty_pagemap_runs_are_dropped_from_the_index() {
     assert_eq!(map.find(0x1000).map(|r| r.entry_index), Some(2));
     assert_eq!(map.runs()[0].pages_offset, Some(0));
 }
+
+#[test]
+fn undecodable_messages_and_types_without_a_message_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = header(well_known::pstree());
+    entry(&mut bytes, &[0x0a, 0x05, 0x01], &[]); // field 1 as a 5-byte string, cut short
+    let path = write(dir.path(), "pstree.img", &bytes);
+    let err = ImageFile::open(&path)
+        .unwrap()
+        .decode_all::<PstreeEntry>()
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ImageError::Decode {
+            index: 0,
+            message: "criu.pstree_entry",
+            ..
+        }
+    ));
+
+    let signal = cryo_format::magic::by_name("SIGNAL").unwrap();
+    let mut bytes = header(signal);
+    entry(&mut bytes, &[0x08, 0x01], &[]);
+    let path = write(dir.path(), "signal-s-1.img", &bytes);
+    let image = ImageFile::open(&path).unwrap();
+    let err = image.decode_all::<PstreeEntry>().unwrap_err();
+    assert!(matches!(
+        err,
+        ImageError::NoMessage {
+            magic: "SIGNAL",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn nested_ipc_messages_cut_short_are_malformed_extras() {
+    let dir = tempfile::tempdir().unwrap();
+    let magic = cryo_format::magic::by_name("IPCNS_MSG").unwrap();
+    let mut msg = Vec::new();
+    put_varint_field(&mut msg, 3, 1); // qnum = 1, but no nested record follows
+    let mut bytes = header(magic);
+    entry(&mut bytes, &msg, &[]);
+    assert!(matches!(
+        first_entry_err(dir.path(), &bytes),
+        ImageError::ExtraMalformed {
+            index: 0,
+            what: "ipc_msg length cut short",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn unknown_pagemap_flags_are_refused() {
+    let mut head = Vec::new();
+    pagemap::encode_head(&mut head, 1);
+    let mut e = Vec::new();
+    pagemap::encode_entry(&mut e, 0x1000, 1, 0x40);
+    let mut bytes = header(well_known::pagemap());
+    entry(&mut bytes, &head, &[]);
+    entry(&mut bytes, &e, &[]);
+    let image = ImageFile::from_bytes("pagemap-1.img", bytes).unwrap();
+    assert!(matches!(
+        Pagemap::parse(&image),
+        Err(PagemapError::UnknownFlags {
+            index: 1,
+            flags: 0x40,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn writer_input_errors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w =
+        ImageWriter::create(dir.path().join("pipes-data.img"), well_known::pipes_data()).unwrap();
+    let mut no_bytes = Vec::new();
+    put_varint_field(&mut no_bytes, 1, 3);
+    assert!(matches!(
+        w.write_raw(&no_bytes, b""),
+        Err(WriteError::ExtraUnsized { index: 0, .. })
+    ));
+
+    let mut pages =
+        cryo_format::PagesWriter::create(dir.path(), cryo_format::PagemapId::Pid(1), 1).unwrap();
+    let err = pages
+        .add_pages_from(0x1000, 2, false, &mut &[0u8; 4096][..])
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        cryo_format::PagesWriteError::ShortSource {
+            got: 4096,
+            want: 8192,
+            ..
+        }
+    ));
+    assert!(matches!(
+        pages.add_pages(0x1234, &[0; 4096], false),
+        Err(cryo_format::PagesWriteError::Unaligned { vaddr: 0x1234 })
+    ));
+
+    let file = write(dir.path(), "plain-file", b"x");
+    assert!(matches!(
+        ImageSet::create(file.join("sub")),
+        Err(ImageSetError::CreateDir { .. })
+    ));
+}
+
+#[test]
+fn an_empty_pstree_has_no_root() {
+    let dir = tempfile::tempdir().unwrap();
+    write_inventory(dir.path(), &inventory(2, Some(true), None));
+    write(dir.path(), "pstree.img", &header(well_known::pstree()));
+    let set = ImageSet::open(dir.path()).unwrap();
+    assert!(matches!(set.root(), Err(ImageSetError::EmptyPstree { .. })));
+}
