@@ -249,3 +249,19 @@ fn pages_in_a_parent_are_shown_and_read_from_it() {
     let doc = mem_json(&[set.dir_str(), "--cmdline"]);
     assert_eq!(doc["argv"][2], "/tmp/fx/counter.log");
 }
+
+#[test]
+fn table_and_search_filter_by_address_range() {
+    let range = format!("{:#x}-{:#x}", REGION + 0x1000, REGION + 0x2000);
+    let rows = mem_json(&[&set("counter"), "--within", &range]);
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(hex(&rows[0]["start"]), REGION);
+
+    // The log path is on the stack, not in the region: nothing found there.
+    let hits = mem_json(&[&set("counter"), "--within", &range, "--search", "/tmp/fx"]);
+    assert_eq!(hits, serde_json::json!([]));
+
+    let run = imgtool(&["mem", &set("counter"), "--within", "0x10"]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("expected START-END"), "{}", run.stderr);
+}

@@ -61,6 +61,9 @@ pub struct MemArgs {
     /// Only VMAs with at least this protection (`rw`, `r-x`, `x`).
     #[arg(long, value_name = "RWX", value_parser = parse_prot_filter)]
     pub prot: Option<u32>,
+    /// Only VMAs overlapping START-END (hex with 0x, or decimal; END exclusive).
+    #[arg(long, value_name = "START-END")]
+    pub within: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -81,9 +84,19 @@ pub fn run(args: &MemArgs) -> anyhow::Result<()> {
             pids.join(", ")
         );
     };
+    let within = match &args.within {
+        Some(text) => {
+            let (start, end) = text
+                .split_once('-')
+                .with_context(|| format!("--within {text:?}: expected START-END"))?;
+            Some(parse_number(start)?..parse_number(end)?)
+        }
+        None => None,
+    };
     let filter = VmaFilter {
         kinds: args.kind.clone(),
         prot: args.prot.unwrap_or(0),
+        within,
     };
 
     let mut out = std::io::stdout().lock();

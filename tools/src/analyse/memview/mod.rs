@@ -27,11 +27,17 @@ pub struct VmaFilter {
     pub kinds: Vec<VmaKind>,
     /// Protection bits that must all be set.
     pub prot: u32,
+    /// Only VMAs overlapping this address range.
+    pub within: Option<std::ops::Range<u64>>,
 }
 
 impl VmaFilter {
     pub fn accepts(&self, vma: &Vma) -> bool {
         (self.kinds.is_empty() || self.kinds.contains(&vma.kind))
             && vma.prot & self.prot == self.prot
+            && self
+                .within
+                .as_ref()
+                .is_none_or(|range| vma.start < range.end && range.start < vma.end)
     }
 }
