@@ -60,3 +60,14 @@ fn truncating_any_image_anywhere_gives_problems_not_panics() {
         }
     }
 }
+
+#[test]
+fn unreadable_directory_is_one_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-dir");
+    let (code, problems) = validate(&missing);
+    assert_eq!(code, Some(1));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].0, "missing-image");
+    assert_eq!(problems[0].1, missing.display().to_string());
+}

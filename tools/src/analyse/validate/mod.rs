@@ -136,6 +136,14 @@ impl Report {
 pub fn validate_dir(dir: &Path) -> Report {
     let mut checker = Checker::new(dir);
     let files_checked = framing::check_files(&mut checker);
+    if files_checked == 0 && !checker.problems.is_empty() {
+        // The directory itself cannot be read: every other check would repeat that.
+        return Report {
+            dir: dir.display().to_string(),
+            files_checked,
+            problems: checker.problems,
+        };
+    }
     let tree = tree::check_tree(&mut checker);
     data::check_data(&mut checker, &tree);
     memory::check_memory(&mut checker, &tree);
