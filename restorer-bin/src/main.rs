@@ -14,13 +14,15 @@
 //!
 //! Modules, in the order a restore uses them: [`plan`] (images → checked plan),
 //! [`files`] (file objects opened in the restorer), [`spawn`] (the tree), [`inject`]
-//! (ptrace and remote syscalls), [`maps`], [`memory`] (address space), [`regs`] and
+//! (ptrace and remote syscalls), [`maps`], [`memory`] (address space) with [`vdso`],
+//! [`pages`] and [`uffd`], [`timens`], [`regs`] and
 //! [`thread`] (the switch), [`restore`] (orchestration and cleanup), [`waiter`].
 
 mod files;
 mod inject;
 mod maps;
 mod memory;
+mod pages;
 mod plan;
 mod regs;
 mod restore;
@@ -28,6 +30,7 @@ mod spawn;
 mod thread;
 mod timens;
 mod uffd;
+mod vdso;
 mod waiter;
 
 use std::path::PathBuf;

@@ -22,14 +22,16 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use cryo_format::MemoryView;
 use cryo_format::schema::VmaEntry;
-use cryo_format::{MemoryView, Source};
 
 use crate::inject::{COPY_CODE, GADGET_CODE, InjectError, Tracee};
 use crate::maps::{self, Mapping};
-use crate::plan::{FileSpec, ProcessPlan, vma_status, vma_takes_pages};
+use crate::pages::{COPY_OFF, fill_pages};
+use crate::plan::{FileSpec, ProcessPlan, vma_status};
+use crate::vdso::move_vdso;
 
-const PAGE: u64 = 4096;
+pub const PAGE: u64 = 4096;
 /// Size of the scratch area: code and small structs, then a page for paths, auxv...
 pub const SCRATCH_LEN: u64 = 4 * PAGE;
 /// Offset of the argument area inside the scratch area.
@@ -38,14 +40,6 @@ pub const ARGS_OFF: u64 = 256;
 pub const STR_OFF: u64 = 2 * PAGE;
 /// Lowest address searched for free room.
 const SEARCH_FROM: u64 = 0x1000_0000;
-/// Offset of the copy routine in the scratch area.
-const COPY_OFF: u64 = 16;
-/// `MADV_POPULATE_WRITE` (Linux 5.14).
-const MADV_POPULATE_WRITE: u64 = 23;
-/// `MADV_POPULATE_READ` (Linux 5.14).
-const MADV_POPULATE_READ: i32 = 22;
-/// Ranges at least this long are populated before they are written.
-const POPULATE_MIN: u64 = 64 * PAGE;
 /// End of the 47-bit user address space.
 const USER_END: u64 = 0x7fff_ffff_f000;
 
@@ -272,6 +266,7 @@ pub fn restore(
             &[vma.start, vma.end - vma.start, vma.prot as u64],
         )?;
     }
+    apply_madvise(t, pid, vmas)?;
     for (_, fd) in file_fds {
         call(
             t,
@@ -287,7 +282,7 @@ pub fn restore(
     Ok(scratch)
 }
 
-fn remote_err(pid: i32, step: impl Into<String>, source: InjectError) -> MemoryError {
+pub(crate) fn remote_err(pid: i32, step: impl Into<String>, source: InjectError) -> MemoryError {
     MemoryError::Remote {
         pid,
         step: step.into(),
@@ -295,7 +290,7 @@ fn remote_err(pid: i32, step: impl Into<String>, source: InjectError) -> MemoryE
     }
 }
 
-fn call(
+pub(crate) fn call(
     t: &Tracee,
     pid: i32,
     step: impl Into<String>,
@@ -305,6 +300,38 @@ fn call(
 ) -> Result<u64, MemoryError> {
     t.syscall(name, nr, args)
         .map_err(|source| remote_err(pid, step, source))
+}
+
+/// Advice values that stick to a VMA as flags, the only ones the image records.
+const STICKY_ADVICE: [u32; 8] = [
+    libc::MADV_RANDOM as u32,
+    libc::MADV_SEQUENTIAL as u32,
+    libc::MADV_DONTFORK as u32,
+    libc::MADV_MERGEABLE as u32,
+    libc::MADV_HUGEPAGE as u32,
+    libc::MADV_NOHUGEPAGE as u32,
+    libc::MADV_DONTDUMP as u32,
+    libc::MADV_WIPEONFORK as u32,
+];
+
+/// Gives every VMA its dumped sticky advice (bit n of `madv` = advice n).
+fn apply_madvise(t: &Tracee, pid: i32, vmas: &[VmaEntry]) -> Result<(), MemoryError> {
+    let special = vma_status::VDSO | vma_status::VVAR | vma_status::VSYSCALL;
+    for vma in vmas.iter().filter(|v| v.status & special == 0) {
+        let madv = vma.madv.unwrap_or(0);
+        for advice in STICKY_ADVICE.iter().filter(|&&a| madv & (1 << a) != 0) {
+            let step = format!("madvise({advice}) of VMA {:#x}-{:#x}", vma.start, vma.end);
+            call(
+                t,
+                pid,
+                step,
+                "madvise",
+                libc::SYS_madvise,
+                &[vma.start, vma.end - vma.start, *advice as u64],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `path` into the scratch string area and opens it in the child.
@@ -351,275 +378,6 @@ pub fn find_gap(busy: &[(u64, u64)], len: u64) -> Option<u64> {
         at = end.div_ceil(PAGE) * PAGE;
     }
     (at + len <= USER_END).then_some(at)
-}
-
-fn describe(ranges: &[(u64, u64)]) -> String {
-    ranges
-        .iter()
-        .map(|(s, e)| format!("{:#x}+{:#x}", s, e - s))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Moves the current vdso family so that `[vdso]` lands on the dumped vdso VMA.
-fn move_vdso(
-    t: &Tracee,
-    pid: i32,
-    vmas: &[VmaEntry],
-    specials: &[&Mapping],
-    scratch: Scratch,
-) -> Result<(), MemoryError> {
-    let dumped: Vec<(u64, u64)> = vmas
-        .iter()
-        .filter(|v| v.status & (vma_status::VDSO | vma_status::VVAR) != 0)
-        .map(|v| (v.start, v.end))
-        .collect();
-    let Some(dumped_vdso) = vmas.iter().find(|v| v.status & vma_status::VDSO != 0) else {
-        return Ok(());
-    };
-    let current: Vec<(u64, u64)> = specials.iter().map(|m| (m.start, m.end)).collect();
-    let layout_error = || MemoryError::VdsoLayout {
-        pid,
-        dumped: describe(&dumped),
-        current: describe(&current),
-    };
-    let Some(cur_vdso) = specials.iter().find(|m| m.name == "[vdso]") else {
-        return Err(layout_error());
-    };
-    if cur_vdso.end - cur_vdso.start != dumped_vdso.end - dumped_vdso.start {
-        return Err(layout_error());
-    }
-    let delta = dumped_vdso.start.wrapping_sub(cur_vdso.start);
-    // The family must occupy the same span, shifted, as the dumped VMAs (CRIU may
-    // record [vvar] and [vvar_vclock] as one VMA).
-    let span = |r: &[(u64, u64)]| {
-        (
-            r.iter().map(|x| x.0).min().unwrap_or(0),
-            r.iter().map(|x| x.1).max().unwrap_or(0),
-        )
-    };
-    let (cs, ce) = span(&current);
-    let (ds, de) = span(&dumped);
-    if cs.wrapping_add(delta) != ds || ce.wrapping_add(delta) != de {
-        return Err(layout_error());
-    }
-    if delta == 0 {
-        return Ok(());
-    }
-
-    let mut busy: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
-    busy.extend(&current);
-    busy.push((scratch.addr, scratch.addr + SCRATCH_LEN));
-    let tmp = find_gap(&busy, ce - cs).ok_or(MemoryError::NoRoom {
-        pid,
-        len: ce - cs,
-        what: "moving the vdso",
-    })?;
-    let mremap = |from: u64, len: u64, to: u64| {
-        let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-        call(
-            t,
-            pid,
-            format!("moving the vdso family {from:#x} -> {to:#x}"),
-            "mremap",
-            libc::SYS_mremap,
-            &[from, len, len, flags, to],
-        )
-    };
-    for &(s, e) in &current {
-        mremap(s, e - s, tmp + (s - cs))?;
-    }
-    for &(s, e) in &current {
-        mremap(tmp + (s - cs), e - s, s.wrapping_add(delta))?;
-    }
-    Ok(())
-}
-
-/// Where the bytes of a present page are: pages image and offset in it.
-fn pages_location(
-    view: &MemoryView,
-    depth: usize,
-    vaddr: u64,
-) -> Option<(std::path::PathBuf, u64)> {
-    let (dir, pagemap) = view.chain().nth(depth)?;
-    let run = pagemap.find(vaddr)?;
-    let offset = run.pages_offset? + (vaddr - run.vaddr);
-    Some((dir.join(pagemap.pages_file_name()), offset))
-}
-
-/// Pages images mapped read-only inside the child, for the in-child copy.
-struct ChildImages {
-    by_path: HashMap<std::path::PathBuf, (u64, u64)>,
-}
-
-impl ChildImages {
-    fn base(
-        &mut self,
-        t: &Tracee,
-        pid: i32,
-        scratch: Scratch,
-        path: &Path,
-    ) -> Result<u64, MemoryError> {
-        if let Some(&(base, _)) = self.by_path.get(path) {
-            return Ok(base);
-        }
-        let len = std::fs::metadata(path)
-            .map_err(|e| {
-                remote_err(
-                    pid,
-                    format!("sizing {}", path.display()),
-                    InjectError::Write {
-                        pid,
-                        addr: 0,
-                        len: 0,
-                        source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                    },
-                )
-            })?
-            .len();
-        let fd = open_in_child(t, pid, scratch, path, libc::O_RDONLY)?;
-        let flags = (libc::MAP_PRIVATE | libc::MAP_POPULATE) as u64;
-        let base = call(
-            t,
-            pid,
-            format!("mapping {}", path.display()),
-            "mmap",
-            libc::SYS_mmap,
-            &[0, len, libc::PROT_READ as u64, flags, fd, 0],
-        )?;
-        call(
-            t,
-            pid,
-            "closing a pages image",
-            "close",
-            libc::SYS_close,
-            &[fd],
-        )?;
-        self.by_path.insert(path.to_path_buf(), (base, len));
-        Ok(base)
-    }
-
-    fn unmap(self, t: &Tracee, pid: i32) -> Result<(), MemoryError> {
-        for (_, (base, len)) in self.by_path {
-            call(
-                t,
-                pid,
-                "unmapping a pages image",
-                "munmap",
-                libc::SYS_munmap,
-                &[base, len],
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Copies every dumped page into the child; returns the number of pages written.
-///
-/// Large ranges are copied by the child itself: the pages image is mapped into it,
-/// the target range is populated in one `MADV_POPULATE_WRITE` (allocation without a
-/// fault per page), and the scratch area's `rep movsb` moves the bytes. Small ranges
-/// go through `process_vm_writev` from the restorer's own mapping of the image.
-fn fill_pages(
-    t: &Tracee,
-    pid: i32,
-    vmas: &[VmaEntry],
-    view: &MemoryView,
-    scratch: Scratch,
-) -> Result<u64, MemoryError> {
-    let segments = view
-        .resolved_runs()
-        .map_err(|source| MemoryError::Pages { pid, source })?;
-    let mut images = ChildImages {
-        by_path: HashMap::new(),
-    };
-    let mut uffd = match crate::uffd::ChildUffd::open(t, pid) {
-        Ok(u) => Some(u),
-        Err(error) => {
-            tracing::debug!(pid, %error, "no userfaultfd; copying in the child");
-            None
-        }
-    };
-    let mut written = 0;
-    for seg in segments {
-        let (bytes, depth) = match seg.source {
-            Source::Data { bytes, depth } => (bytes, depth),
-            Source::Lazy => {
-                return Err(MemoryError::Lazy {
-                    pid,
-                    vaddr: seg.vaddr,
-                    len: seg.len,
-                });
-            }
-            Source::Absent => continue,
-        };
-        let seg_end = seg.vaddr + seg.len;
-        let first = vmas.partition_point(|v| v.end <= seg.vaddr);
-        for vma in vmas[first..].iter().take_while(|v| v.start < seg_end) {
-            if !vma_takes_pages(vma) {
-                continue;
-            }
-            let from = vma.start.max(seg.vaddr);
-            let to = vma.end.min(seg_end);
-            written += (to - from) / PAGE;
-            let local = &bytes[(from - seg.vaddr) as usize..(to - seg.vaddr) as usize];
-            if to - from >= POPULATE_MIN
-                && vma.flags & libc::MAP_ANONYMOUS as u32 != 0
-                && let Some(u) = &uffd
-            {
-                // SAFETY: madvise on our own read-only mapping of the pages image;
-                // populating it only saves faults during the copy.
-                unsafe {
-                    libc::madvise(
-                        local.as_ptr() as *mut libc::c_void,
-                        local.len(),
-                        MADV_POPULATE_READ,
-                    )
-                };
-                match u.fill(from, local) {
-                    Ok(()) => continue,
-                    Err(error) => {
-                        tracing::debug!(pid, %error, "UFFDIO_COPY failed; copying in the child");
-                        uffd = None;
-                    }
-                }
-            }
-            if to - from >= POPULATE_MIN
-                && let Some((path, offset)) = pages_location(view, depth, from)
-            {
-                let t0 = std::time::Instant::now();
-                let base = images.base(t, pid, scratch, &path)?;
-                let t1 = std::time::Instant::now();
-                // A kernel without MADV_POPULATE_WRITE just faults under the copy.
-                let _ = t.syscall(
-                    "madvise",
-                    libc::SYS_madvise,
-                    &[from, to - from, MADV_POPULATE_WRITE],
-                );
-                let t2 = std::time::Instant::now();
-                t.copy_in_child(scratch.addr + COPY_OFF, from, base + offset, to - from)
-                    .map_err(|source| remote_err(pid, "copying dumped pages", source))?;
-                tracing::trace!(
-                    pid,
-                    from,
-                    pages = (to - from) / PAGE,
-                    map_ms = (t1 - t0).as_secs_f64() * 1e3,
-                    populate_ms = (t2 - t1).as_secs_f64() * 1e3,
-                    copy_ms = t2.elapsed().as_secs_f64() * 1e3,
-                    "range copied in the child"
-                );
-                continue;
-            }
-            t.write(from, local)
-                .map_err(|source| remote_err(pid, "writing dumped pages", source))?;
-        }
-    }
-    images.unmap(t, pid)?;
-    if let Some(u) = uffd {
-        u.close(t)
-            .map_err(|source| remote_err(pid, "closing the userfaultfd", source))?;
-    }
-    Ok(written)
 }
 
 /// `struct prctl_mm_map` of prctl(2).
