@@ -337,6 +337,20 @@ impl ImageSetWriter {
         Ok(w.finish()?)
     }
 
+    /// Links this set to the previous pre-dump round: a symlink named `parent` pointing at
+    /// `target`. A relative target (`../round-1`) is resolved from this directory and keeps
+    /// the series movable, as CRIU recommends.
+    pub fn link_parent(&self, target: impl AsRef<Path>) -> Result<PathBuf, ImageSetError> {
+        let link = self.dir.join("parent");
+        std::os::unix::fs::symlink(target.as_ref(), &link).map_err(|source| {
+            ImageSetError::Write(WriteError::Create {
+                path: link.clone(),
+                source,
+            })
+        })?;
+        Ok(link)
+    }
+
     /// A writer for the pagemap + pages pair of `id`.
     pub fn pages(&self, id: PagemapId, pages_id: u32) -> Result<PagesWriter, ImageSetError> {
         Ok(PagesWriter::create(&self.dir, id, pages_id)?)

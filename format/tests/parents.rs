@@ -271,3 +271,39 @@ fn pages_writer_reexports_a_real_dump_with_identical_memory() {
         fs::read(fixture.join("pages-1.img")).unwrap()
     );
 }
+
+#[test]
+fn a_predump_series_written_with_image_set_writers_reads_through_its_parent() {
+    use cryo_format::schema::InventoryEntry;
+    let root = tempfile::tempdir().unwrap();
+    let inventory = InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        ..Default::default()
+    };
+
+    let first = ImageSet::create(root.path().join("r1")).unwrap();
+    let mut pages = first.pages(PID, 1).unwrap();
+    pages
+        .add_pages(0x1000, &[page(1), page(2)].concat(), true)
+        .unwrap();
+    pages.finish().unwrap();
+    first.finish(&inventory).unwrap();
+
+    let second = ImageSet::create(root.path().join("r2")).unwrap();
+    second.link_parent("../r1").unwrap();
+    let mut pages = second.pages(PID, 1).unwrap();
+    pages.add_hole(0x1000, 1, PE_PARENT).unwrap();
+    pages.add_pages(0x2000, &page(3), true).unwrap();
+    pages.finish().unwrap();
+    second.finish(&inventory).unwrap();
+
+    let set = ImageSet::open(root.path().join("r2")).unwrap();
+    let view = set.memory(42).unwrap();
+    assert_eq!(data_tag(view.page(0x1000).unwrap()), (1, 1));
+    assert_eq!(data_tag(view.page(0x2000).unwrap()), (3, 0));
+    assert_eq!(
+        fs::read_link(root.path().join("r2/parent")).unwrap(),
+        Path::new("../r1")
+    );
+}
