@@ -105,8 +105,6 @@ fn cryo_counter_continues_after_restore() {
 }
 
 #[test]
-#[ignore = "cryo's dumper hangs on multi-threaded trees (dumper at 4b249c0); the restorer \
-            side is covered by criu_threads4_set_restores_threads_with_their_tids"]
 fn cryo_threads_keep_their_tids_and_count() {
     let mut w = Workload::threads(8, 4).unwrap();
     let images = tempfile::tempdir().unwrap();
