@@ -12,6 +12,9 @@
 //!
 //! If a `criu` binary can run `criu page-server`, the same stream is sent to it for a ratio;
 //! otherwise the reason it could not run is printed.
+//!
+//! `--connect ADDR [--workload pattern|mix]` sends one workload to an already running server
+//! instead (for profiling it).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -47,13 +50,16 @@ fn main() {
     let pages = mib * 256;
 
     if let Some(addr) = arg("--connect") {
-        // Against an already running server (profiling): the pattern workload only.
-        let data = pattern(pages);
+        // Against an already running server (profiling).
+        let workload = arg("--workload").unwrap_or("pattern".into());
+        let data = if workload == "mix" {
+            mix(pages)
+        } else {
+            pattern(pages)
+        };
         let secs = send(addr.parse().expect("--connect ADDR:PORT"), &data);
-        println!(
-            "pattern: {:.1} MiB/s",
-            data.len() as f64 / (1 << 20) as f64 / secs
-        );
+        let mib_s = data.len() as f64 / (1 << 20) as f64 / secs;
+        println!("{workload}: {mib_s:.1} MiB/s");
         return;
     }
     println!("ingest benchmark: {mib} MiB per workload, zstd level {level}, loopback");
