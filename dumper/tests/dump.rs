@@ -708,3 +708,35 @@ fn a_zombie_in_the_tree_fails_the_dump_and_releases_the_parent() {
     let _ = parent.kill();
     let _ = parent.wait();
 }
+
+#[test]
+fn the_dumper_binary_reports_success_and_names_a_missing_pid() {
+    let w = Workload::counter(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let out = Command::new(env!("CARGO_BIN_EXE_dumper"))
+        .args(["dump", "-t", &w.pid().to_string(), "-D"])
+        .arg(&img)
+        .arg("--leave-running")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("dumped 1 processes, 1 threads"));
+    assert!(img.join("inventory.img").exists());
+
+    // A pid that cannot exist (above pid_max).
+    let out = Command::new(env!("CARGO_BIN_EXE_dumper"))
+        .args(["dump", "-t", "99999999", "-D"])
+        .arg(dir.path().join("none"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("process 99999999 does not exist"), "{err}");
+    assert!(!dir.path().join("none/inventory.img").exists());
+}
