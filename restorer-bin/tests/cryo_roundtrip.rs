@@ -245,3 +245,35 @@ fn dump_restore_dump_restore_keeps_counting() {
     wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
     assert_consecutive(&ticks_after(w.log_path(), pid, 0), 1);
 }
+
+/// The `ShdPnd` (process-wide pending signals) mask of `pid`.
+fn shared_pending(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+#[test]
+fn blocked_pending_signal_is_still_pending_after_restore() {
+    let mut w = Workload::file_sig().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 1, WAIT).unwrap();
+    let usr2 = 1u64 << (libc::SIGUSR2 - 1);
+    assert_eq!(shared_pending(pid) & usr2, 0);
+    // The workload blocks SIGUSR2, so it stays queued.
+    signal(pid, libc::SIGUSR2);
+    assert_eq!(shared_pending(pid) & usr2, usr2);
+
+    dump_and_clear(&mut w, images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+
+    wait_tick_after(w.log_path(), pid, last + 1, WAIT).unwrap();
+    assert_eq!(shared_pending(pid) & usr2, usr2, "SIGUSR2 no longer pending");
+}
