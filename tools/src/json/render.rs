@@ -165,8 +165,11 @@ pub fn quoted_printable(bytes: &[u8]) -> String {
             continue;
         }
         let at_line_end = matches!(bytes.get(i + 1), None | Some(b'\n'));
-        let plain = (b' '..=b'~').contains(&b) && b != b'=' && !(at_line_end && b == b' ')
-            || (b == b'\t' && !at_line_end);
+        // A line holding only "." is encoded too (binascii.b2a_qp guards SMTP's end marker).
+        let lone_dot = b == b'.' && column == 0 && at_line_end;
+        let plain =
+            (b' '..=b'~').contains(&b) && b != b'=' && !(at_line_end && b == b' ') && !lone_dot
+                || (b == b'\t' && !at_line_end);
         let token = if plain {
             (b as char).to_string()
         } else {
@@ -233,6 +236,45 @@ mod tests {
         let mut msg = DynamicMessage::new(desc.clone());
         msg.set_field(&field, Value::U32(2));
         assert_eq!(message(&msg, true)["task_state"], Json::from(2));
+    }
+
+    #[test]
+    fn quoted_printable_matches_python_quopri() {
+        let python = std::path::Path::new("/usr/bin/python3");
+        if !python.exists() {
+            eprintln!("skipped: /usr/bin/python3 is not installed");
+            return;
+        }
+        let mut cases: Vec<Vec<u8>> = vec![
+            b"a b".to_vec(),
+            b"a ".to_vec(),
+            b"a\tb".to_vec(),
+            b"a \nb".to_vec(),
+            b"=_x_".to_vec(),
+            b".".to_vec(),
+            b"a.\nb".to_vec(),
+            b".\n.x".to_vec(),
+            b"/run/\x00\xffsock".to_vec(),
+        ];
+        for n in [74, 75, 76, 77, 150] {
+            cases.push(vec![b'x'; n]);
+            let mut zeros = b"/run/".to_vec();
+            zeros.extend(std::iter::repeat_n(0u8, n / 2));
+            cases.push(zeros);
+        }
+        for case in cases {
+            let hex: String = case.iter().map(|b| format!("{b:02x}")).collect();
+            let script = format!(
+                "import quopri,sys; sys.stdout.write(quopri.encodestring(bytes.fromhex('{hex}')).decode())"
+            );
+            let out = std::process::Command::new(python)
+                .args(["-c", &script])
+                .output()
+                .unwrap();
+            let expected = String::from_utf8(out.stdout).unwrap();
+            assert_eq!(quoted_printable(&case), expected, "input {case:?}");
+            assert_eq!(super::super::parse::unquote_printable(&expected), case);
+        }
     }
 
     #[test]
