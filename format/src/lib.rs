@@ -21,8 +21,9 @@
 //!
 //! Testing: `tests/` runs every reader and writer on the real CRIU 4.2 fixtures, every
 //! bad-input case by its error variant, hand-made parent chains, and `crit` decoding cryo's
-//! output. `examples/decode_bench.rs` measures throughput; the repo's `fuzz/` workspace fuzzes
-//! the decoder, the pagemap walker and parent chains.
+//! output. `examples/decode_bench.rs` measures throughput, `benches/crit_anchor.py` the same
+//! decoding in CRIU's pycriu for comparison; the repo's `fuzz/` workspace fuzzes the decoder,
+//! the pagemap walker and parent chains.
 //!
 //! Errors are one `thiserror` enum per module; every variant names the file and, where it
 //! applies, the entry index, byte offset, field or address.
