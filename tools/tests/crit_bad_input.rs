@@ -167,3 +167,18 @@ fn encode_refuses_missing_required_and_unknown_magic() {
     let err = encode_fails(r#"{"magic": "NOPE", "entries": []}"#);
     assert!(err.contains("NOPE"), "{err}");
 }
+
+#[test]
+fn pages_image_gets_a_hint_about_raw_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("pages-1.img");
+    std::fs::copy(fixture("counter", "pages-1.img"), &pages).unwrap();
+    let res = imgtool(&["decode".as_ref(), "-i".as_ref(), pages.as_os_str()], None);
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8(res.stderr).unwrap();
+    assert!(
+        err.contains("raw data") && err.contains("pages-1.img"),
+        "{err}"
+    );
+    assert!(res.stdout.is_empty());
+}

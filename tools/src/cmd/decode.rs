@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use cryo_format::ImageFile;
 use cryo_format::magic::{Header, MAGICS};
+use cryo_format::{ImageError, ImageFile};
 use rayon::prelude::*;
 
 use crate::json::image::{self, RenderOptions};
@@ -64,7 +64,17 @@ pub fn run(args: &Args) -> Result<()> {
 
 /// The JSON text of the image at `path`.
 pub fn decode_file(path: &Path, opts: RenderOptions) -> Result<String> {
-    let image = ImageFile::open(path)?;
+    let image = ImageFile::open(path).map_err(|err| {
+        let raw_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_raw_image_name);
+        match err {
+            ImageError::UnknownMagic { offset: 0, .. } if raw_name => anyhow::Error::new(err)
+                .context("this is raw data (like pages-N.img), not an image of entries; read page contents with `imgtool mem`"),
+            err => err.into(),
+        }
+    })?;
     let doc = image::to_json(&image, opts)?;
     Ok(pyjson::to_string(&doc, opts.pretty.then_some(4)))
 }
