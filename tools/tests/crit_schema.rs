@@ -13,26 +13,34 @@ use prost_reflect::{Cardinality, Kind};
 const PYCRIU: &str = "/usr/lib/python3/dist-packages/pycriu/images";
 const PYTHON: &str = "/usr/bin/python3";
 
-/// Prints one line per field: message, number, name, type, label, packed, options (hex).
+/// Prints one line per field: message, number, name, type, label, packed, options (hex),
+/// explicit default (`-` for none).
 const DUMP: &str = r#"
 import sys, glob, os, importlib
 d = sys.argv[1]
 sys.path.insert(0, d)
+from google.protobuf import descriptor_pb2
 seen = set()
-def walk(m):
+def walk(m, proto):
     if m.full_name in seen:
         return
     seen.add(m.full_name)
+    defaults = {f.number: f.default_value for f in proto.field if f.HasField('default_value')}
     for f in m.fields:
         o = f.GetOptions()
         packed = o.packed if o.HasField('packed') else False
-        print(m.full_name, f.number, f.name, f.type, f.label, int(packed), o.SerializeToString().hex())
+        default = defaults.get(f.number, '-').replace(' ', '_') or '-'
+        print(m.full_name, f.number, f.name, f.type, f.label, int(packed), o.SerializeToString().hex(), default)
+    nested = {n.name: n for n in proto.nested_type}
     for n in m.nested_types:
-        walk(n)
+        walk(n, nested[n.name])
 for path in sorted(glob.glob(d + '/*_pb2.py')):
     mod = importlib.import_module(os.path.basename(path)[:-3])
+    fdp = descriptor_pb2.FileDescriptorProto()
+    mod.DESCRIPTOR.CopyToProto(fdp)
+    protos = {m.name: m for m in fdp.message_type}
     for m in mod.DESCRIPTOR.message_types_by_name.values():
-        walk(m)
+        walk(m, protos[m.name])
 "#;
 
 /// Fields of crit 3.17 that cryo describes differently on purpose.
@@ -104,7 +112,7 @@ fn schema_matches_python_crit_on_every_field_crit_knows() {
     let mut by_message: HashMap<&str, usize> = HashMap::new();
     for line in text.lines() {
         let cols: Vec<&str> = line.split(' ').collect();
-        let [message, number, name, ty, label, packed, options] = cols[..] else {
+        let [message, number, name, ty, label, packed, options, default] = cols[..] else {
             panic!("bad line {line:?}");
         };
         let number: u32 = number.parse().unwrap();
@@ -153,6 +161,20 @@ fn schema_matches_python_crit_on_every_field_crit_knows() {
         if our_options != options {
             problems.push(format!(
                 "{message}.{name}: options crit={options} cryo={our_options}"
+            ));
+        }
+        let our_default = field
+            .field_descriptor_proto()
+            .default_value()
+            .replace(' ', "_");
+        let our_default = if our_default.is_empty() {
+            "-".to_owned()
+        } else {
+            our_default
+        };
+        if our_default != default {
+            problems.push(format!(
+                "{message}.{name}: default crit={default} cryo={our_default}"
             ));
         }
         if crit_has_display != field_display(field.full_name()).is_some() {
