@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use redb::ReadableTable;
 
 use super::codec::{self, Codec};
+use super::hash;
 use super::segment::{self, RECORD_HEADER_LEN, SegmentWriter};
 use super::{
     CHECKPOINTS, CheckpointInfo, CheckpointStats, HashIndex, PAGEMAPS, PageHash, PageLoc, SEGMENTS,
@@ -22,6 +23,39 @@ use super::{
 };
 use crate::protocol::{DstId, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT};
 use crate::store::pagemap::Entry;
+
+/// Pages hashed together (fills the 16 AVX-512 lanes of BLAKE3; see `hash`).
+const HASH_GROUP: usize = 16;
+
+/// Classifies a group of pages: zero, already stored, or new (hashed and encoded).
+fn classify_group(group: &[u8], known: &HashIndex, level: i32) -> Vec<Result<Class, StoreError>> {
+    let pages: Vec<(&[u8], bool)> = group
+        .chunks(PAGE_SIZE)
+        .map(|p| (p, codec::is_zero(p)))
+        .collect();
+    let nonzero: Vec<&[u8]> = pages
+        .iter()
+        .filter(|(_, zero)| !zero)
+        .map(|(p, _)| *p)
+        .collect();
+    let mut hashes = Vec::with_capacity(nonzero.len());
+    hash::hash_pages(&nonzero, &mut hashes);
+
+    let mut hashes = hashes.into_iter();
+    pages
+        .into_iter()
+        .map(|(page, zero)| {
+            if zero {
+                return Ok(Class::Zero);
+            }
+            let hash = hashes.next().expect("one hash per non-zero page");
+            if let Some(&r) = known.get(&hash) {
+                return Ok(Class::Known(r));
+            }
+            Ok(Class::New(hash, codec::encode_page(level, page)?))
+        })
+        .collect()
+}
 
 /// What the parallel pass found out about one page.
 enum Class {
@@ -147,17 +181,8 @@ impl CheckpointWriter {
         let level = self.store.zstd_level;
         let classified: Vec<Result<Class, StoreError>> = {
             let known = self.store.known.read().expect("dedup map poisoned");
-            data.par_chunks(PAGE_SIZE)
-                .map(|page| {
-                    if codec::is_zero(page) {
-                        return Ok(Class::Zero);
-                    }
-                    let hash = *blake3::hash(page).as_bytes();
-                    if let Some(&id) = known.get(&hash) {
-                        return Ok(Class::Known(id));
-                    }
-                    Ok(Class::New(hash, codec::encode_page(level, page)?))
-                })
+            data.par_chunks(HASH_GROUP * PAGE_SIZE)
+                .flat_map_iter(|group| classify_group(group, &known, level))
                 .collect()
         };
 

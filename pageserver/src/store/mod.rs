@@ -39,6 +39,7 @@
 //! parallel and serialise only their final commit.
 
 mod codec;
+mod hash;
 mod ingest;
 mod pagemap;
 mod segment;
