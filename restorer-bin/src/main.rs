@@ -2,15 +2,36 @@
 //!
 //! # Mechanism
 //!
-//! No restorer blob is injected. The restorer creates every process itself with
-//! `clone3` and `set_tid` (so pids and tids are the dumped ones), lets each new
-//! process — still a copy of the restorer — set up what it can from inside (session,
-//! group, cwd, signal actions, descriptors, threads), then drives it from outside
-//! with ptrace: remote system calls executed at a tiny scratch area rebuild the
-//! address space, `process_vm_writev` copies the pages straight from the mmapped
-//! pages images, and `PTRACE_SETREGS`/`SETREGSET` install each thread's registers.
-//! The scratch area is unmapped last, with the leader stopped at the exit of that
-//! very `munmap`, and the threads are detached.
+//! No restorer blob is injected; every step is driven from outside with ptrace.
+//!
+//! 1. **Plan.** The image set is read and checked into a plan (tree, threads, VMAs,
+//!    fds, registers); every pid and tid must be free, every mapped file present with
+//!    its dumped size. Nothing is changed before this succeeds.
+//! 2. **Tree.** The restorer forks the root with `clone3` and `set_tid`; every new
+//!    process — still a copy of the restorer — enters its session and group, forks its
+//!    own children the same way (so each keeps its dumped parent), sets umask, cwd,
+//!    signal actions and its fd table (file objects opened once in the restorer and
+//!    inherited, then `dup3`ed onto their numbers), creates its threads with their
+//!    tids, reports on a pipe and parks with all signals blocked. With a
+//!    `timens-0.img`, the tree is born in a time namespace that continues the dumped
+//!    monotonic and boot-time clocks.
+//! 3. **Memory.** Each leader is seized; remote system calls run at a scratch area
+//!    (`syscall; int3`) mapped where nothing else is: the inherited rseq is
+//!    unregistered, everything inherited is unmapped, the vdso family moves to its
+//!    dumped place, every VMA is mapped at its address, the pages go in (large
+//!    anonymous ranges with `UFFDIO_COPY`, otherwise copied inside the child or with
+//!    `process_vm_writev`), protections and sticky madvise flags are set, and
+//!    `PR_SET_MM_MAP` sets the mm fields and the exe link.
+//! 4. **Switch.** Each thread sets its own `set_tid_address`, robust list,
+//!    sigaltstack, rseq and name, gets its pending signals back, its xsave state and
+//!    registers (a syscall frozen mid-restart is re-armed) and its blocked mask. The
+//!    leader sets itimers, rlimits (never above the current hard limit), the
+//!    parent-death signal, closes the restorer's descriptors, and unmaps the scratch
+//!    area while stopped at that very syscall's exit, so it never returns into it.
+//! 5. **Run.** Only when every process is complete are all threads detached. Without
+//!    `-d` the restorer stays the root's parent and leaves as it leaves (exit code or
+//!    signal); with `-d` it exits once the tree runs. Any failure after the first
+//!    fork kills every process the restore created.
 //!
 //! Modules, in the order a restore uses them: [`plan`] (images → checked plan),
 //! [`files`] (file objects opened in the restorer), [`spawn`] (the tree), [`inject`]
@@ -89,6 +110,9 @@ fn main() -> anyhow::Result<()> {
                 dir: &dir,
                 shell_job,
             };
+            if !detached {
+                waiter::hold_forwarded_signals();
+            }
             let restored = restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
             tracing::info!(

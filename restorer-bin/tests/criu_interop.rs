@@ -278,3 +278,67 @@ fn failed_restore_kills_every_process_it_created() {
         "13131 still alive: {state}"
     );
 }
+
+#[test]
+fn truncated_image_is_named_and_nothing_is_started() {
+    let _lock = lock_set("counter");
+    if skip_if_taken("counter", &[13131]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(criu_set("counter")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let core = dir.path().join("core-13131.img");
+    let len = std::fs::metadata(&core).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&core)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+
+    let mut cmd = restorer();
+    cmd.args(["restore", "-d", "-D"]).arg(dir.path());
+    let out = run_bounded(cmd, Duration::from_secs(10));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("core-13131.img"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(taken(&[13131]).is_none(), "a process was started");
+}
+
+#[test]
+fn signal_to_the_waiting_restorer_reaches_the_root() {
+    let _lock = lock_set("counter");
+    if skip_if_taken("counter", &[13131]) {
+        return;
+    }
+    prepare_criu_files("counter", TICK_STDOUT);
+    let log = Path::new(FX).join("counter.log");
+    let before = line_count(&log);
+
+    let mut cmd = restorer();
+    cmd.args(["restore", "-D"]).arg(criu_set("counter"));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = TreeGuard::new(13131);
+    wait_new_lines(&log, before, 1, Duration::from_secs(10));
+
+    // SAFETY: signalling the restorer this test started. (The dumped workload
+    // ignores SIGINT and SIGQUIT, as background jobs do, so SIGTERM it is.)
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_status(&mut child, Duration::from_secs(10));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    let state = std::fs::read_to_string("/proc/13131/stat").unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z"),
+        "root still alive: {state}"
+    );
+}

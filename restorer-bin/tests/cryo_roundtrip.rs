@@ -275,5 +275,9 @@ fn blocked_pending_signal_is_still_pending_after_restore() {
     let _guard = TreeGuard::new(root);
 
     wait_tick_after(w.log_path(), pid, last + 1, WAIT).unwrap();
-    assert_eq!(shared_pending(pid) & usr2, usr2, "SIGUSR2 no longer pending");
+    assert_eq!(
+        shared_pending(pid) & usr2,
+        usr2,
+        "SIGUSR2 no longer pending"
+    );
 }
