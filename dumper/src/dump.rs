@@ -289,14 +289,22 @@ fn dump_process(
 ) -> Result<(u64, Duration), DumpError> {
     let pid = info.pid;
     let t_start = Instant::now();
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|source| {
-        DumpError::Proc {
-            pid,
-            what: "smaps".into(),
-            source,
-        }
-    })?;
-    let vmas = vma::to_vmas(&vma::parse_smaps(pid, &smaps)?);
+    // Reading smaps and walking the page tables are both slow for big processes and
+    // independent: do them at the same time.
+    let (vmas, present) = std::thread::scope(|s| {
+        let scan = s.spawn(|| pages::scan_present(pid));
+        let vmas = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+            .map_err(|source| DumpError::Proc {
+                pid,
+                what: "smaps".into(),
+                source,
+            })
+            .and_then(|text| Ok(vma::to_vmas(&vma::parse_smaps(pid, &text)?)));
+        let present = scan.join().expect("page scan thread does not panic");
+        (vmas, present)
+    });
+    let (vmas, present) = (vmas?, present?);
+    // smaps and the page scan together.
     let smaps_ms = t_start.elapsed().as_secs_f64() * 1e3;
     if let Some(v) = vmas.iter().find(|v| v.kind == vma::VmaKind::AnonShared) {
         let what = format!("shared anonymous memory at {:#x}-{:#x}", v.start, v.end);
@@ -342,9 +350,7 @@ fn dump_process(
     let root = files.path_id(&read_link(pid, "root")?);
     let layout = task::mm_layout(pid)?;
     let auxv = task::saved_auxv(pid)?;
-    let t_scan = Instant::now();
-    let runs = pages::select(pid, &vmas)?;
-    let scan_ms = t_scan.elapsed().as_secs_f64() * 1e3;
+    let runs = pages::runs_for(&vmas, &present);
 
     let t_collect = Instant::now();
     tracing::debug!(
@@ -352,7 +358,6 @@ fn dump_process(
         runs = runs.len(),
         vmas = vmas.len(),
         smaps_ms,
-        scan_ms,
         "proc state read"
     );
     let syscall_ip = remote::find_syscall_insn(pid)?;

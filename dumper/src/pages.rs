@@ -106,59 +106,95 @@ impl PageRun {
     }
 }
 
-/// Selects the pages of `vmas` to dump, in address order.
-pub fn select(pid: i32, vmas: &[Vma]) -> Result<Vec<PageRun>, PagesError> {
+/// A range of present (or swapped) pages, none of them the shared zero page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Present {
+    pub start: u64,
+    pub end: u64,
+    /// Page-cache (or other non-anonymous) pages: not dumped except in the vdso.
+    pub file: bool,
+}
+
+/// End of the scanned user address space: x86-64's `TASK_SIZE_MAX` with 4-level
+/// page tables (the vsyscall page above it is never dumped).
+const USER_END: u64 = (1 << 47) - PAGE_SIZE;
+
+/// Present pages of the whole user address space of `pid`, in one `PAGEMAP_SCAN` walk
+/// (it needs no VMA list, so it can run while the VMAs are being read).
+pub fn scan_present(pid: i32) -> Result<Vec<Present>, PagesError> {
     let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))
         .map_err(|source| PagesError::OpenPagemap { pid, source })?;
-    let mut runs: Vec<PageRun> = Vec::new();
-    let mut regions = vec![PageRegion::default(); 512];
+    let mut out: Vec<Present> = Vec::new();
+    let mut regions = vec![PageRegion::default(); 1024];
+    let mut start = 0;
+    while start < USER_END {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start,
+            end: USER_END,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            category_inverted: PAGE_IS_PFNZERO,
+            category_mask: PAGE_IS_PFNZERO,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+            ..PmScanArg::default()
+        };
+        // SAFETY: arg points at a correctly sized pm_scan_arg whose vec points at
+        // `regions` (vec_len entries), both alive for the call.
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
+        if n < 0 {
+            let source = std::io::Error::last_os_error();
+            return Err(PagesError::Scan {
+                pid,
+                start,
+                end: USER_END,
+                source,
+            });
+        }
+        out.extend(regions[..n as usize].iter().map(|r| Present {
+            start: r.start,
+            end: r.end,
+            file: r.categories & PAGE_IS_FILE != 0,
+        }));
+        if arg.walk_end <= start {
+            break;
+        }
+        start = arg.walk_end;
+    }
+    Ok(out)
+}
+
+/// The runs to dump: present pages inside VMAs that dump pages, page-cache pages only
+/// in the vdso. Both inputs are sorted by address.
+pub fn runs_for(vmas: &[Vma], present: &[Present]) -> Vec<PageRun> {
+    let mut runs = Vec::new();
+    let mut i = 0;
     for vma in vmas.iter().filter(|v| v.kind.dumps_pages()) {
         let flags = if vma.kind.lazy() {
             PE_PRESENT | PE_LAZY
         } else {
             PE_PRESENT
         };
-        let skip = if vma.kind == VmaKind::Vdso {
-            0
-        } else {
-            PAGE_IS_FILE | PAGE_IS_PFNZERO
-        };
-        let mut start = vma.start;
-        while start < vma.end {
-            let mut arg = PmScanArg {
-                size: std::mem::size_of::<PmScanArg>() as u64,
-                start,
-                end: vma.end,
-                vec: regions.as_mut_ptr() as u64,
-                vec_len: regions.len() as u64,
-                category_inverted: skip,
-                category_mask: skip,
-                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-                ..PmScanArg::default()
-            };
-            // SAFETY: arg points at a correctly sized pm_scan_arg whose vec points at
-            // `regions` (vec_len entries), both alive for the call.
-            let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
-            if n < 0 {
-                let source = std::io::Error::last_os_error();
-                return Err(PagesError::Scan {
-                    pid,
-                    start,
-                    end: vma.end,
-                    source,
-                });
+        while i < present.len() && present[i].end <= vma.start {
+            i += 1;
+        }
+        let mut j = i;
+        while j < present.len() && present[j].start < vma.end {
+            let p = present[j];
+            if !p.file || vma.kind == VmaKind::Vdso {
+                let (s, e) = (p.start.max(vma.start), p.end.min(vma.end));
+                push_run(&mut runs, s, (e - s) / PAGE_SIZE, flags);
             }
-            for r in &regions[..n as usize] {
-                push_run(&mut runs, r.start, (r.end - r.start) / PAGE_SIZE, flags);
-            }
-            if arg.walk_end <= start {
-                break;
-            }
-            start = arg.walk_end;
+            j += 1;
         }
     }
-    Ok(runs)
+    runs
+}
+
+/// Selects the pages of `vmas` to dump, in address order.
+pub fn select(pid: i32, vmas: &[Vma]) -> Result<Vec<PageRun>, PagesError> {
+    Ok(runs_for(vmas, &scan_present(pid)?))
 }
 
 fn push_run(runs: &mut Vec<PageRun>, vaddr: u64, nr_pages: u64, flags: u32) {
@@ -302,6 +338,68 @@ pub fn transfer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vma(start: u64, end: u64, kind: VmaKind) -> Vma {
+        Vma {
+            start,
+            end,
+            pgoff: 0,
+            prot: 0,
+            flags: 0,
+            status: 0,
+            madv: 0,
+            kind,
+            file: None,
+            fdflags: None,
+        }
+    }
+
+    #[test]
+    fn present_ranges_are_clipped_to_dumpable_vmas() {
+        let vmas = [
+            vma(0x1000, 0x4000, VmaKind::FilePrivate),
+            vma(0x4000, 0x8000, VmaKind::AnonPrivate),
+            vma(0x8000, 0x9000, VmaKind::Vvar),
+            vma(0x9000, 0xb000, VmaKind::Vdso),
+        ];
+        let present = [
+            Present {
+                start: 0x1000,
+                end: 0x2000,
+                file: true,
+            },
+            Present {
+                start: 0x2000,
+                end: 0x6000,
+                file: false,
+            },
+            Present {
+                start: 0x8000,
+                end: 0xb000,
+                file: true,
+            },
+        ];
+        assert_eq!(
+            runs_for(&vmas, &present),
+            vec![
+                PageRun {
+                    vaddr: 0x2000,
+                    nr_pages: 2,
+                    flags: PE_PRESENT
+                },
+                PageRun {
+                    vaddr: 0x4000,
+                    nr_pages: 2,
+                    flags: PE_PRESENT | PE_LAZY
+                },
+                PageRun {
+                    vaddr: 0x9000,
+                    nr_pages: 2,
+                    flags: PE_PRESENT
+                },
+            ]
+        );
+    }
 
     #[test]
     fn adjacent_runs_with_equal_flags_merge() {
