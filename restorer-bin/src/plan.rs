@@ -301,6 +301,38 @@ impl RestorePlan {
         Ok(())
     }
 
+    /// Fails if a thread ran with other credentials than the restorer's: cryo does
+    /// not switch credentials yet, and restoring a task with more privilege than it
+    /// had must not happen silently.
+    pub fn check_credentials(&self) -> Result<(), PlanError> {
+        let (mut r, mut e, mut s) = (0, 0, 0);
+        let (mut gr, mut ge, mut gs) = (0, 0, 0);
+        // SAFETY: getresuid/getresgid write three ids each into our locals.
+        unsafe {
+            libc::getresuid(&mut r, &mut e, &mut s);
+            libc::getresgid(&mut gr, &mut ge, &mut gs);
+        }
+        for p in &self.processes {
+            for t in &p.threads {
+                let Some(c) = t.core.thread_core.as_ref().and_then(|c| c.creds.as_ref()) else {
+                    continue;
+                };
+                let dumped = [c.uid, c.euid, c.suid, c.gid, c.egid, c.sgid];
+                if dumped != [r, e, s, gr, ge, gs] {
+                    return Err(PlanError::Unsupported {
+                        pid: p.pid,
+                        what: format!(
+                            "thread {} with uid {}/{}/{} gid {}/{}/{} (the restorer runs as \
+                             uid {r}/{e}/{s} gid {gr}/{ge}/{gs}; switching credentials)",
+                            t.tid, c.uid, c.euid, c.suid, c.gid, c.egid, c.sgid
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Highest descriptor number any task uses.
     pub fn max_fd(&self) -> i32 {
         self.processes
@@ -569,6 +601,26 @@ mod tests {
         let err = plan.check_mapped_files().unwrap_err();
         assert!(
             matches!(&err, PlanError::MappedFile { pid: 13131, path, .. } if path == Path::new("/nonexistent/cryo-exe"))
+        );
+    }
+
+    #[test]
+    fn foreign_credentials_are_refused() {
+        let mut plan = RestorePlan::load(&fixture("counter")).unwrap();
+        assert!(
+            plan.check_credentials().is_ok(),
+            "the fixtures ran as root, like the tests"
+        );
+        let core = plan.processes[0].threads[0]
+            .core
+            .thread_core
+            .as_mut()
+            .unwrap();
+        core.creds.as_mut().unwrap().euid = 1000;
+        let err = plan.check_credentials().unwrap_err();
+        assert!(
+            matches!(err, PlanError::Unsupported { pid: 13131, .. }),
+            "{err}"
         );
     }
 

@@ -111,6 +111,7 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
     let plan = RestorePlan::load(opts.dir)?;
     plan.check_ids_free()?;
     plan.check_mapped_files()?;
+    plan.check_credentials()?;
 
     let views = plan
         .processes
