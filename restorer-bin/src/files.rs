@@ -140,6 +140,18 @@ fn open_regular(
     pos: u64,
     size: Option<u64>,
 ) -> Result<OwnedFd, FileError> {
+    // A FIFO at the path (not what the dump saw: FIFOs have their own file type)
+    // would block the open; refuse it before opening.
+    if std::fs::metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_fifo()
+    }) {
+        return Err(FileError::Open {
+            id,
+            path: path.clone(),
+            source: Errno::ENXIO,
+        });
+    }
     let keep = !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC) as u32;
     let oflag = OFlag::from_bits_retain((flags & keep) as i32) | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::open(path, oflag, nix::sys::stat::Mode::empty()).map_err(|source| {

@@ -288,6 +288,9 @@ impl RestorePlan {
                     problem,
                 };
                 let meta = std::fs::metadata(path).map_err(|e| problem(e.to_string()))?;
+                if !meta.is_file() {
+                    return Err(problem("not a regular file".into()));
+                }
                 if let Some(size) = size
                     && meta.len() != *size
                 {
