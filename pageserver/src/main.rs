@@ -91,6 +91,9 @@ struct ServeArgs {
     /// Checkpoint GET requests read from (default: the newest).
     #[arg(long)]
     serve_checkpoint: Option<u64>,
+    /// End a session whose peer sends nothing for this many seconds.
+    #[arg(long, default_value_t = 600)]
+    idle_timeout: u64,
     /// zstd level for new pages.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     zstd_level: i32,
@@ -158,6 +161,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ParentArg::Latest => ParentPolicy::Latest,
         },
         serve_checkpoint: args.serve_checkpoint,
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

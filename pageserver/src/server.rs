@@ -51,7 +51,16 @@ pub struct ServerConfig {
     pub parent_policy: ParentPolicy,
     /// Checkpoint GETs read from when the client does not select one (`None` = latest).
     pub serve_checkpoint: Option<u64>,
+    /// A session that sends nothing for this long is ended (a dump may pause between
+    /// processes, so this is generous).
+    pub idle_timeout: Duration,
 }
+
+/// Default [`ServerConfig::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Most pages one GET reply carries (CRIU's server answers at most one pipe's worth, 4 MiB).
+pub const MAX_GET_PAGES: u64 = 1024;
 
 /// Why a session ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -261,7 +270,8 @@ impl Session<'_> {
         };
         let mut head = [0u8; HEADER_SIZE];
         let first = &mut head[..LEGACY_HEADER_SIZE];
-        if read_full(&mut self.stream, first).await.map_err(io)? < LEGACY_HEADER_SIZE {
+        let idle = self.config.idle_timeout;
+        if read_full(&mut self.stream, first, idle).await.map_err(io)? < LEGACY_HEADER_SIZE {
             return Ok(None);
         }
         let layout = *self.layout.get_or_insert_with(|| {
@@ -276,7 +286,7 @@ impl Session<'_> {
             }
             HeaderLayout::Criu42 => {
                 let rest = &mut head[LEGACY_HEADER_SIZE..];
-                if read_full(&mut self.stream, rest).await.map_err(io)? < rest.len() {
+                if read_full(&mut self.stream, rest, idle).await.map_err(io)? < rest.len() {
                     return Ok(None);
                 }
                 protocol::parse_header(&head)
@@ -503,7 +513,7 @@ impl Session<'_> {
                 .pop()
                 .unwrap_or_default();
             buf.resize(n * PAGE_SIZE, 0);
-            let got = read_full(&mut self.stream, &mut buf)
+            let got = read_full(&mut self.stream, &mut buf, self.config.idle_timeout)
                 .await
                 .map_err(|source| SessionError::Io {
                     peer: self.peer,
@@ -633,7 +643,7 @@ impl Session<'_> {
                 return Ok(None);
             };
             // A hole in the child may be shorter than the parent's entry.
-            let nr_here = nr.min(at.pages_left);
+            let nr_here = nr.min(at.pages_left).min(MAX_GET_PAGES);
             if let Some(ri) = at.ref_index {
                 let (ri, n) = (ri as usize, nr_here as usize);
                 return Ok(Some((pm.refs[ri..ri + n].to_vec(), checkpoint)));
@@ -709,11 +719,17 @@ fn ingest_worker(
     }
 }
 
-/// Reads until `buf` is full or EOF; returns the bytes read.
-async fn read_full(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or EOF; returns the bytes read. Fails with `TimedOut` when the
+/// peer sends nothing for `idle`.
+async fn read_full(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    idle: Duration,
+) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        match stream.read(&mut buf[got..]).await? {
+        let read = tokio::time::timeout(idle, stream.read(&mut buf[got..])).await;
+        match read.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?? {
             0 => break,
             n => got += n,
         }

@@ -141,3 +141,45 @@ fn hostile_sessions_end_alone_while_a_concurrent_good_session_commits() {
         .count();
     assert_eq!(segments, 1);
 }
+
+#[test]
+fn a_silent_peer_is_dropped_after_the_idle_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let mut server = TestServer::start_configured(
+        store,
+        cryo_pageserver::server::ParentPolicy::None,
+        Duration::from_millis(300),
+    );
+    let mut c = Client::connect(server.addr).unwrap();
+    c.open2(DstId::pid(1)).unwrap();
+    // Half a header, then silence.
+    c.send_raw(&[cmd::CLOSE as u8; 10]).unwrap();
+    let err = server.next_result().unwrap_err();
+    assert!(
+        matches!(&err, SessionError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_get_for_a_huge_range_is_answered_with_at_most_1024_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let mut server = TestServer::start(store);
+    let data = patterned_pages(0, 1500);
+    let mut c = Client::connect(server.addr).unwrap();
+    c.open2(DstId::pid(8)).unwrap();
+    c.add_pages(DstId::pid(8), 0x4000_0000, &data, false)
+        .unwrap();
+    c.close().unwrap();
+    server.next_result().unwrap();
+
+    let mut c = Client::connect(server.addr).unwrap();
+    let mut buf = vec![0u8; 1500 * 4096];
+    let got = c.get(8, 0x4000_0000, &mut buf).unwrap();
+    assert_eq!(got, cryo_pageserver::server::MAX_GET_PAGES);
+    assert_eq!(&buf[..1024 * 4096], &data[..1024 * 4096]);
+    c.close().unwrap();
+    server.next_result().unwrap();
+}

@@ -24,6 +24,14 @@ impl TestServer {
     }
 
     pub fn start_with(store: Arc<Store>, parent_policy: ParentPolicy) -> Self {
+        Self::start_configured(store, parent_policy, Duration::from_secs(20))
+    }
+
+    pub fn start_configured(
+        store: Arc<Store>,
+        parent_policy: ParentPolicy,
+        idle_timeout: Duration,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -33,6 +41,7 @@ impl TestServer {
             store: Arc::clone(&store),
             parent_policy,
             serve_checkpoint: None,
+            idle_timeout,
         });
         let (tx, results) = mpsc::unbounded_channel();
         let listener = rt
