@@ -306,6 +306,17 @@ fn dump_process(
     let (vmas, present) = (vmas?, present?);
     // smaps and the page scan together.
     let smaps_ms = t_start.elapsed().as_secs_f64() * 1e3;
+    if let Some(v) = vmas
+        .iter()
+        .find(|v| v.file.as_deref().is_some_and(|f| f.ends_with(" (deleted)")))
+    {
+        let file = v.file.as_deref().unwrap_or_default();
+        let what = format!(
+            "mapping of deleted file {file} at {:#x}-{:#x}",
+            v.start, v.end
+        );
+        return Err(DumpError::Unsupported { pid, what });
+    }
     if let Some(v) = vmas.iter().find(|v| v.kind == vma::VmaKind::AnonShared) {
         let what = format!("shared anonymous memory at {:#x}-{:#x}", v.start, v.end);
         return Err(DumpError::Unsupported { pid, what });

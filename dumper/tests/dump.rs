@@ -201,12 +201,8 @@ fn threads_get_one_core_each_and_keep_counting() {
     }
 
     let line = w
-        .log()
-        .lines()
-        .rev()
-        .find(|l| l.contains(" t3="))
-        .unwrap()
-        .to_string();
+        .wait_for_line(|l| l.contains(" t3="), Duration::from_secs(5))
+        .unwrap();
     let t3: u64 = cryo_fixtures::field(&line, "t3").unwrap().parse().unwrap();
     w.wait_for_line(
         |l| {
@@ -521,6 +517,7 @@ fn pages_stream_to_a_page_server_and_export_back_to_the_pattern() {
         store: store.clone(),
         parent_policy: ParentPolicy::None,
         serve_checkpoint: None,
+        idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
     });
     let session = rt.spawn(server::serve(listener, config, true));
 
@@ -739,4 +736,39 @@ fn the_dumper_binary_reports_success_and_names_a_missing_pid() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("process 99999999 does not exist"), "{err}");
     assert!(!dir.path().join("none/inventory.img").exists());
+}
+
+#[test]
+fn a_mapping_of_a_deleted_file_fails_the_dump_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gone");
+    let script = "import mmap,os,sys,time\nf=open(sys.argv[1],'w+b')\nf.write(b'a'*4096)\nf.flush()\n\
+                  m=mmap.mmap(f.fileno(),4096)\nf.close()\nos.unlink(sys.argv[1])\nprint('ready',flush=True)\ntime.sleep(60)";
+    let mut child = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid = child.id() as i32;
+    let img = dir.path().join("img");
+    let err = dump(&opts(pid, &img, false)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DumpError::Unsupported { .. }), "{msg}");
+    assert!(
+        msg.contains("deleted file") && msg.contains("gone"),
+        "{msg}"
+    );
+    assert!(!img.join("inventory.img").exists());
+    assert!(child.try_wait().unwrap().is_none());
+    let _ = child.kill();
+    let _ = child.wait();
 }
