@@ -9,9 +9,9 @@
 use std::fs;
 
 use cryo_format::schema::{
-    CoreEntry, CredsEntry, ItimerEntry, RlimitEntry, RseqEntry, SaEntry, SiginfoEntry,
-    SignalQueueEntry, TaskCoreEntry, TaskRlimitsEntry, TaskTimersEntry, ThreadCoreEntry,
-    ThreadInfoX86, ThreadSasEntry, UserDescT,
+    CoreEntry, CredsEntry, ItimerEntry, PosixTimerEntry, RlimitEntry, RseqEntry, SaEntry,
+    SiginfoEntry, SignalQueueEntry, TaskCoreEntry, TaskRlimitsEntry, TaskTimersEntry,
+    ThreadCoreEntry, ThreadInfoX86, ThreadSasEntry, UserDescT,
 };
 use thiserror::Error;
 
@@ -236,7 +236,8 @@ fn sigactions(p: &mut Parasite) -> Result<Vec<SaEntry>, TaskError> {
     Ok(out)
 }
 
-fn itimers(p: &mut Parasite) -> Result<TaskTimersEntry, TaskError> {
+fn itimers(pid: i32, p: &mut Parasite) -> Result<TaskTimersEntry, TaskError> {
+    let posix = posix_timers(pid, p)?;
     let mut get = |which: u64| -> Result<ItimerEntry, TaskError> {
         let at = p.scratch_addr(0);
         let (_, b) = p.call_out("getitimer", libc::SYS_getitimer, &[which, at], 32)?;
@@ -251,8 +252,89 @@ fn itimers(p: &mut Parasite) -> Result<TaskTimersEntry, TaskError> {
         real: get(libc::ITIMER_REAL as u64)?,
         virt: get(libc::ITIMER_VIRTUAL as u64)?,
         prof: get(libc::ITIMER_PROF as u64)?,
-        posix: Vec::new(),
+        posix,
     })
+}
+
+/// Parses `/proc/PID/timers`: (id, signo, sival_ptr, sigev_notify, notify tid, clock).
+pub fn parse_posix_timers(text: &str) -> Vec<(u32, u32, u64, u32, Option<i32>, u32)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(u32, u32, u64, u32, Option<i32>, u32)> = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "ID" => {
+                out.extend(cur.take());
+                cur = value.parse().ok().map(|id| (id, 0, 0, 0, None, 0));
+            }
+            "signal" => {
+                if let (Some(t), Some((signo, ptr))) = (cur.as_mut(), value.split_once('/')) {
+                    t.1 = signo.parse().unwrap_or(0);
+                    t.2 = u64::from_str_radix(ptr, 16).unwrap_or(0);
+                }
+            }
+            "notify" => {
+                if let (Some(t), Some((how, target))) = (cur.as_mut(), value.split_once('/')) {
+                    let base = match how {
+                        "none" => libc::SIGEV_NONE,
+                        "thread" => libc::SIGEV_THREAD,
+                        _ => libc::SIGEV_SIGNAL,
+                    } as u32;
+                    let tid = target.strip_prefix("tid.").and_then(|n| n.parse().ok());
+                    t.3 = base
+                        | if tid.is_some() {
+                            libc::SIGEV_THREAD_ID as u32
+                        } else {
+                            0
+                        };
+                    t.4 = tid;
+                }
+            }
+            "ClockID" => {
+                if let Some(t) = cur.as_mut() {
+                    t.5 = value.parse().unwrap_or(0);
+                }
+            }
+            _ => {}
+        }
+    }
+    out.extend(cur);
+    out
+}
+
+/// POSIX timers of the process, with their settings read by remote `timer_gettime`.
+fn posix_timers(pid: i32, p: &mut Parasite) -> Result<Vec<PosixTimerEntry>, TaskError> {
+    let text = fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    let mut out = Vec::new();
+    for (id, signo, sival, notify, tid, clock) in parse_posix_timers(&text) {
+        let at = p.scratch_addr(0);
+        let (_, b) = p.call_out(
+            "timer_gettime",
+            libc::SYS_timer_gettime,
+            &[id as u64, at],
+            32,
+        )?;
+        let overrun =
+            p.remote()
+                .syscall("timer_getoverrun", libc::SYS_timer_getoverrun, &[id as u64])?;
+        out.push(PosixTimerEntry {
+            it_id: id,
+            clock_id: clock,
+            si_signo: signo,
+            it_sigev_notify: notify,
+            sival_ptr: sival,
+            overrun: overrun as u32,
+            isec: u64_at(&b, 0),
+            insec: u64_at(&b, 1),
+            vsec: u64_at(&b, 2),
+            vnsec: u64_at(&b, 3),
+            notify_thread_id: tid,
+        });
+    }
+    Ok(out)
 }
 
 /// What the process-wide remote calls return.
@@ -433,7 +515,7 @@ pub fn cores(
         .ok()
         .and_then(|s| s.trim().parse().ok());
     let sigacts = sigactions(p)?;
-    let timers = itimers(p)?;
+    let timers = itimers(pid, p)?;
     let shared_signals = signal_queue(pid, true)?;
 
     let mut out = Vec::with_capacity(threads.len());
@@ -475,4 +557,29 @@ pub fn cores(
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_timers_parse_into_notify_and_signal() {
+        let text = "ID: 0\nsignal: 34/0000000000001234\nnotify: signal/pid.16080\nClockID: 1\n\
+                    ID: 3\nsignal: 14/0000000000000000\nnotify: signal/tid.77\nClockID: 0\n";
+        let t = parse_posix_timers(text);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0], (0, 34, 0x1234, libc::SIGEV_SIGNAL as u32, None, 1));
+        assert_eq!(
+            t[1],
+            (
+                3,
+                14,
+                0,
+                (libc::SIGEV_SIGNAL | libc::SIGEV_THREAD_ID) as u32,
+                Some(77),
+                0
+            )
+        );
+    }
 }

@@ -772,3 +772,65 @@ fn a_mapping_of_a_deleted_file_fails_the_dump_by_name() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_posix_timer_is_dumped_with_its_signal_and_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("ptimer.c");
+    std::fs::write(
+        &src,
+        "#include <signal.h>\n#include <stdio.h>\n#include <time.h>\n#include <unistd.h>\n\
+         int main(void) { timer_t t; struct sigevent ev = {0};\n\
+         ev.sigev_notify = SIGEV_SIGNAL; ev.sigev_signo = SIGRTMIN;\n\
+         ev.sigev_value.sival_ptr = (void *)0x1234; signal(SIGRTMIN, SIG_IGN);\n\
+         timer_create(CLOCK_MONOTONIC, &ev, &t);\n\
+         struct itimerspec its = {{0, 50000000}, {0, 50000000}}; timer_settime(t, 0, &its, 0);\n\
+         puts(\"ready\"); fflush(stdout); for (;;) pause(); }\n",
+    )
+    .unwrap();
+    let bin = dir.path().join("ptimer");
+    let gcc = Command::new("gcc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(gcc.success());
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid = child.id() as i32;
+
+    let img = dir.path().join("img");
+    let result = dump(&opts(pid, &img, true));
+    let _ = child.kill();
+    let _ = child.wait();
+    result.unwrap();
+
+    let set = ImageSet::open(&img).unwrap();
+    let posix = set
+        .core(pid as u32)
+        .unwrap()
+        .tc
+        .unwrap()
+        .timers
+        .unwrap()
+        .posix;
+    assert_eq!(posix.len(), 1);
+    let t = &posix[0];
+    assert_eq!(
+        (t.clock_id, t.si_signo, t.sival_ptr),
+        (1, libc::SIGRTMIN() as u32, 0x1234)
+    );
+    assert_eq!(t.it_sigev_notify, libc::SIGEV_SIGNAL as u32);
+    assert_eq!((t.isec, t.insec), (0, 50_000_000));
+    assert!(t.vsec == 0 && t.vnsec <= 50_000_000);
+}
