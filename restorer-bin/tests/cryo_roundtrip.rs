@@ -14,7 +14,14 @@ const WAIT: Duration = Duration::from_secs(15);
 /// Runs the dumper in a process of its own (this test binary, running
 /// [`dump_helper`]): a tracer that exits releases the killed tree for reaping.
 fn dump(pid: i32, dir: &Path) {
+    dump_with(pid, dir, false);
+}
+
+fn dump_with(pid: i32, dir: &Path, shell_job: bool) {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    if shell_job {
+        cmd.env("CRYO_TEST_DUMP_SHELL_JOB", "1");
+    }
     cmd.args(["--ignored", "--exact", "dump_helper", "--nocapture"])
         .env("CRYO_TEST_DUMP_PID", pid.to_string())
         .env("CRYO_TEST_DUMP_DIR", dir);
@@ -39,7 +46,7 @@ fn dump_helper() {
         pid,
         dir: dir.into(),
         leave_running: false,
-        shell_job: false,
+        shell_job: std::env::var_os("CRYO_TEST_DUMP_SHELL_JOB").is_some(),
         page_server: None,
     })
     .expect("dump");
@@ -280,4 +287,57 @@ fn blocked_pending_signal_is_still_pending_after_restore() {
         usr2,
         "SIGUSR2 no longer pending"
     );
+}
+
+#[test]
+fn shell_job_gets_the_restorers_terminal() {
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("log");
+    let images = work.path().join("img");
+    // `script` gives the workload a pseudo-terminal on fds 0-2.
+    let counter = cryo_fixtures::workload_bin("counter");
+    let mut script = std::process::Command::new("script");
+    script
+        .args([
+            "-qfc",
+            &format!("{} 8 {} 1", counter.display(), log.display()),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let mut holder = script.spawn().unwrap();
+    let line = wait_for_log_line(&log, |l| l.starts_with("ready "), WAIT).unwrap();
+    let pid: i32 = field(&line, "pid").unwrap().parse().unwrap();
+    let _first = TreeGuard::new(pid);
+    wait_tick_after(&log, pid, 1, WAIT).unwrap();
+    let tty = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+    assert!(tty.starts_with("/dev/pts"), "{tty:?}");
+
+    dump_with(pid, &images, true);
+    wait_status(&mut holder, WAIT);
+    wait_gone(&[pid]);
+    let last = last_tick_of(&log, pid).unwrap();
+
+    let pidfile = work.path().join("pid");
+    let restore = format!(
+        "{} restore -D {} --shell-job -d --pidfile {}",
+        env!("CARGO_BIN_EXE_restorer"),
+        images.display(),
+        pidfile.display()
+    );
+    let mut script = std::process::Command::new("script");
+    script.args(["-qfc", &restore, "/dev/null"]);
+    let out = run_bounded(script, WAIT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _guard = TreeGuard::new(pid);
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), pid.to_string());
+
+    wait_tick_after(&log, pid, last + 2, WAIT).unwrap();
+    assert_consecutive(&ticks_after(&log, pid, last), last + 1);
+    let tty = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
+    assert!(tty.starts_with("/dev/pts"), "{tty:?}");
 }
