@@ -24,6 +24,37 @@ use super::{
 use crate::protocol::{DstId, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT};
 use crate::store::pagemap::Entry;
 
+/// The parallel half of adding pages: zero check, hash, lookup in the committed set, and
+/// encoding of pages the store lacks. It reads no session state, so a session can classify
+/// batch N+1 while it appends batch N; duplicates within the session are resolved when the
+/// batch is added.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    store: Arc<Store>,
+}
+
+/// A classified batch, to hand to [`CheckpointWriter::add_classified`].
+pub struct Classified(Vec<Result<Class, StoreError>>);
+
+impl std::fmt::Debug for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Classified({} pages)", self.0.len())
+    }
+}
+
+impl Classifier {
+    /// Classifies whole pages (uses the rayon pool).
+    pub fn classify(&self, data: &[u8]) -> Classified {
+        let level = self.store.zstd_level;
+        let known = self.store.known.read().expect("dedup map poisoned");
+        Classified(
+            data.par_chunks(HASH_GROUP * PAGE_SIZE)
+                .flat_map_iter(|group| classify_group(group, &known, level))
+                .collect(),
+        )
+    }
+}
+
 /// Pages hashed together (fills the 16 AVX-512 lanes of BLAKE3; see `hash`).
 const HASH_GROUP: usize = 16;
 
@@ -58,7 +89,7 @@ fn classify_group(group: &[u8], known: &HashIndex, level: i32) -> Vec<Result<Cla
 }
 
 /// What the parallel pass found out about one page.
-enum Class {
+pub(crate) enum Class {
     Zero,
     Known(u64),
     New(PageHash, Option<(Codec, Vec<u8>)>),
@@ -170,21 +201,34 @@ impl CheckpointWriter {
 
     /// Stores a batch of whole pages of the current present entry.
     pub fn add_pages(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let classified = self.classifier().classify(data);
+        self.add_classified(data, classified)
+    }
+
+    /// A classifier for this store, to run ahead on another thread (see [`Classifier`]).
+    pub fn classifier(&self) -> Classifier {
+        Classifier {
+            store: Arc::clone(&self.store),
+        }
+    }
+
+    /// Stores a batch classified by [`Classifier::classify`] (same bytes, in stream order).
+    pub fn add_classified(
+        &mut self,
+        data: &[u8],
+        classified: Classified,
+    ) -> Result<(), StoreError> {
         debug_assert!(data.len().is_multiple_of(PAGE_SIZE));
         let i = self.current.expect("add_pages called with no open pagemap");
         let n = (data.len() / PAGE_SIZE) as u64;
         assert!(n <= self.expecting, "more pages than the entry announced");
+        assert_eq!(
+            classified.0.len() as u64,
+            n,
+            "classification of another batch"
+        );
         self.expecting -= n;
-
-        // One parallel pass: zero check, hash, committed-set lookup, and compression of pages
-        // the store does not have yet. Duplicates inside this session are resolved after.
-        let level = self.store.zstd_level;
-        let classified: Vec<Result<Class, StoreError>> = {
-            let known = self.store.known.read().expect("dedup map poisoned");
-            data.par_chunks(HASH_GROUP * PAGE_SIZE)
-                .flat_map_iter(|group| classify_group(group, &known, level))
-                .collect()
-        };
+        let classified = classified.0;
 
         let mut refs = Vec::with_capacity(classified.len());
         for (k, class) in classified.into_iter().enumerate() {

@@ -55,7 +55,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use serde::{Deserialize, Serialize};
 
 pub use codec::Codec;
-pub use ingest::CheckpointWriter;
+pub use ingest::{CheckpointWriter, Classified, Classifier};
 pub use pagemap::{Entry, Located, StoredPagemap};
 
 use crate::protocol::{DstId, PAGE_SIZE};
