@@ -18,11 +18,11 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use cryo_format::schema::{
     FdTypes, FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, PipeEntry, RegFileEntry,
-    TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry, TtyType, WinsizeEntry,
+    TtyFileEntry, TtyInfoEntry,
 };
 use thiserror::Error;
 
@@ -119,49 +119,7 @@ impl FileTable {
             return Ok(id);
         }
         let id = self.ttys.len() as u32 + 1;
-        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-        let kind = match (major, minor) {
-            (136..=143, _) => TtyType::Pty,
-            (5, 0) => TtyType::Ctty,
-            (5, 1) => TtyType::Console,
-            (4, 0..=63) => TtyType::Vt,
-            _ => TtyType::Serial,
-        };
-        let stat =
-            crate::tree::read_stat(&format!("/proc/{pid}/stat")).map_err(|e| FilesError::Proc {
-                pid,
-                fd,
-                what: "stat",
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        let tpgid = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|t| {
-                t[t.rfind(')')? + 1..]
-                    .split_whitespace()
-                    .nth(5)?
-                    .parse::<i32>()
-                    .ok()
-            })
-            .unwrap_or(0);
-        let (termios, winsize) = tty_settings(pid, fd)?;
-        self.ttys.push(TtyInfoEntry {
-            id,
-            r#type: kind as i32,
-            locked: false,
-            exclusive: false,
-            packet_mode: false,
-            sid: stat.sid.max(0) as u32,
-            pgrp: tpgid.max(0) as u32,
-            rdev: rdev as u32,
-            termios: Some(termios),
-            termios_locked: None,
-            winsize: Some(winsize),
-            pty: (kind == TtyType::Pty).then(|| TtyPtyEntry {
-                index: minor + major.saturating_sub(136) * 256,
-            }),
-            ..TtyInfoEntry::default()
-        });
+        self.ttys.push(crate::tty::tty_info(pid, fd, rdev, id)?);
         self.tty_by_rdev.insert(rdev, id);
         Ok(id)
     }
@@ -261,7 +219,7 @@ impl FileTable {
             return Err(unsupported("deleted file"));
         } else if ft.is_fifo() {
             return Err(unsupported("named fifo"));
-        } else if ft.is_char_device() && is_tty(meta.rdev()) {
+        } else if ft.is_char_device() && crate::tty::is_tty(meta.rdev()) {
             if !self.shell_job {
                 return Err(unsupported("terminal (dump a shell job with --shell-job)"));
             }
@@ -396,61 +354,6 @@ impl FileTable {
     }
 }
 
-/// Termios and window size of the terminal behind fd `fd` of `pid`.
-fn tty_settings(pid: i32, fd: i32) -> Result<(TermiosEntry, WinsizeEntry), FilesError> {
-    let err = |source| FilesError::Proc {
-        pid,
-        fd,
-        what: "terminal settings",
-        source,
-    };
-    let tty = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(format!("/proc/{pid}/fd/{fd}"))
-        .map_err(err)?;
-    // SAFETY: termios is plain integers; all-zero is valid.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: TCGETS fills the termios we own.
-    if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TCGETS, &mut t) } < 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ fills the winsize we own.
-    if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } < 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    // The kernel's termios has 19 control characters.
-    let termios = TermiosEntry {
-        c_iflag: t.c_iflag,
-        c_oflag: t.c_oflag,
-        c_cflag: t.c_cflag,
-        c_lflag: t.c_lflag,
-        c_line: t.c_line as u32,
-        c_ispeed: t.c_ispeed,
-        c_ospeed: t.c_ospeed,
-        c_cc: t.c_cc[..19].iter().map(|&c| c as u32).collect(),
-    };
-    let winsize = WinsizeEntry {
-        ws_row: ws.ws_row as u32,
-        ws_col: ws.ws_col as u32,
-        ws_xpixel: ws.ws_xpixel as u32,
-        ws_ypixel: ws.ws_ypixel as u32,
-    };
-    Ok((termios, winsize))
-}
-
-/// Terminal devices: pty slaves (136-143), /dev/tty* and consoles (4, 5).
-fn is_tty(rdev: u64) -> bool {
-    let major = libc::major(rdev);
-    matches!(major, 4 | 5 | 136..=143)
-}
-
 fn read_pipe_data(pid: i32, fd: i32, pipe_id: u32) -> Result<PipeData, FilesError> {
     let err = |source| FilesError::PipeData {
         pid,
@@ -511,8 +414,6 @@ fn read_pipe_data(pid: i32, fd: i32, pipe_id: u32) -> Result<PipeData, FilesErro
     };
     Ok(PipeData { entry, bytes })
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,8 @@
 //! * [`parasite`] — the scratch mapping and page pipe planted with remote syscalls,
 //!   removed again before the tree resumes.
 //! * [`tree`] — finding and freezing the tree; [`tree::FrozenTree`] detaches on drop.
-//! * [`vma`], [`pages`], [`files`], [`task`], [`regs`], [`ids`] — turning /proc, ptrace
+//! * [`vma`], [`pages`], [`files`], [`task`], [`signals`], [`tty`], [`regs`],
+//!   [`ids`] — turning /proc, ptrace
 //!   and remote-syscall answers into image entries with CRIU's semantics.
 //! * [`dump`] — the whole dump: [`dump::dump`] with [`dump::DumpOptions`].
 //!
@@ -25,8 +26,10 @@ pub mod parasite;
 pub mod ptrace;
 pub mod regs;
 pub mod remote;
+pub mod signals;
 pub mod task;
 pub mod tree;
+pub mod tty;
 pub mod vma;
 
 pub use dump::{DumpError, DumpOptions, DumpSummary, dump};

@@ -9,8 +9,7 @@
 use std::fs;
 
 use cryo_format::schema::{
-    CoreEntry, CredsEntry, ItimerEntry, PosixTimerEntry, RlimitEntry, RseqEntry, SaEntry,
-    SiginfoEntry, SignalQueueEntry, TaskCoreEntry, TaskRlimitsEntry, TaskTimersEntry,
+    CoreEntry, CredsEntry, RlimitEntry, RseqEntry, TaskCoreEntry, TaskRlimitsEntry,
     ThreadCoreEntry, ThreadInfoX86, ThreadSasEntry, UserDescT,
 };
 use thiserror::Error;
@@ -19,6 +18,7 @@ use crate::parasite::{Parasite, ParasiteError, Scratch};
 use crate::ptrace::{self, PtraceError};
 use crate::regs;
 use crate::remote::{self, RemoteThread};
+use crate::signals;
 
 /// `core_entry.march.X86_64`.
 const MARCH_X86_64: i32 = 1;
@@ -211,130 +211,8 @@ fn rlimits(pid: i32) -> TaskRlimitsEntry {
     TaskRlimitsEntry { rlimits }
 }
 
-fn u64_at(b: &[u8], i: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], i: usize) -> u64 {
     u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
-}
-
-/// Signal handlers 1..=64 (SIGKILL and SIGSTOP left out, as CRIU does).
-fn sigactions(p: &mut Parasite) -> Result<Vec<SaEntry>, TaskError> {
-    let mut out = Vec::with_capacity(62);
-    for sig in 1..=64u64 {
-        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
-            continue;
-        }
-        let at = p.scratch_addr(0);
-        let (_, b) = p.call_out("rt_sigaction", libc::SYS_rt_sigaction, &[sig, 0, at, 8], 32)?;
-        out.push(SaEntry {
-            sigaction: u64_at(&b, 0),
-            flags: u64_at(&b, 1),
-            restorer: u64_at(&b, 2),
-            mask: u64_at(&b, 3),
-            compat_sigaction: Some(false),
-            mask_extended: None,
-        });
-    }
-    Ok(out)
-}
-
-fn itimers(pid: i32, p: &mut Parasite) -> Result<TaskTimersEntry, TaskError> {
-    let posix = posix_timers(pid, p)?;
-    let mut get = |which: u64| -> Result<ItimerEntry, TaskError> {
-        let at = p.scratch_addr(0);
-        let (_, b) = p.call_out("getitimer", libc::SYS_getitimer, &[which, at], 32)?;
-        Ok(ItimerEntry {
-            isec: u64_at(&b, 0),
-            iusec: u64_at(&b, 1),
-            vsec: u64_at(&b, 2),
-            vusec: u64_at(&b, 3),
-        })
-    };
-    Ok(TaskTimersEntry {
-        real: get(libc::ITIMER_REAL as u64)?,
-        virt: get(libc::ITIMER_VIRTUAL as u64)?,
-        prof: get(libc::ITIMER_PROF as u64)?,
-        posix,
-    })
-}
-
-/// Parses `/proc/PID/timers`: (id, signo, sival_ptr, sigev_notify, notify tid, clock).
-pub fn parse_posix_timers(text: &str) -> Vec<(u32, u32, u64, u32, Option<i32>, u32)> {
-    let mut out = Vec::new();
-    let mut cur: Option<(u32, u32, u64, u32, Option<i32>, u32)> = None;
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        match key {
-            "ID" => {
-                out.extend(cur.take());
-                cur = value.parse().ok().map(|id| (id, 0, 0, 0, None, 0));
-            }
-            "signal" => {
-                if let (Some(t), Some((signo, ptr))) = (cur.as_mut(), value.split_once('/')) {
-                    t.1 = signo.parse().unwrap_or(0);
-                    t.2 = u64::from_str_radix(ptr, 16).unwrap_or(0);
-                }
-            }
-            "notify" => {
-                if let (Some(t), Some((how, target))) = (cur.as_mut(), value.split_once('/')) {
-                    let base = match how {
-                        "none" => libc::SIGEV_NONE,
-                        "thread" => libc::SIGEV_THREAD,
-                        _ => libc::SIGEV_SIGNAL,
-                    } as u32;
-                    let tid = target.strip_prefix("tid.").and_then(|n| n.parse().ok());
-                    t.3 = base
-                        | if tid.is_some() {
-                            libc::SIGEV_THREAD_ID as u32
-                        } else {
-                            0
-                        };
-                    t.4 = tid;
-                }
-            }
-            "ClockID" => {
-                if let Some(t) = cur.as_mut() {
-                    t.5 = value.parse().unwrap_or(0);
-                }
-            }
-            _ => {}
-        }
-    }
-    out.extend(cur);
-    out
-}
-
-/// POSIX timers of the process, with their settings read by remote `timer_gettime`.
-fn posix_timers(pid: i32, p: &mut Parasite) -> Result<Vec<PosixTimerEntry>, TaskError> {
-    let text = fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-    let mut out = Vec::new();
-    for (id, signo, sival, notify, tid, clock) in parse_posix_timers(&text) {
-        let at = p.scratch_addr(0);
-        let (_, b) = p.call_out(
-            "timer_gettime",
-            libc::SYS_timer_gettime,
-            &[id as u64, at],
-            32,
-        )?;
-        let overrun =
-            p.remote()
-                .syscall("timer_getoverrun", libc::SYS_timer_getoverrun, &[id as u64])?;
-        out.push(PosixTimerEntry {
-            it_id: id,
-            clock_id: clock,
-            si_signo: signo,
-            it_sigev_notify: notify,
-            sival_ptr: sival,
-            overrun: overrun as u32,
-            isec: u64_at(&b, 0),
-            insec: u64_at(&b, 1),
-            vsec: u64_at(&b, 2),
-            vnsec: u64_at(&b, 3),
-            notify_thread_id: tid,
-        });
-    }
-    Ok(out)
 }
 
 /// What the process-wide remote calls return.
@@ -373,17 +251,6 @@ pub fn process_remote(p: &mut Parasite) -> Result<ProcessRemote, TaskError> {
         thp_disabled: thp != 0,
         child_subreaper: b != [0, 0, 0, 0],
     })
-}
-
-/// Pending signals of a thread (`shared`: of its process) as a `signal_queue_entry`.
-fn signal_queue(tid: i32, shared: bool) -> Result<SignalQueueEntry, TaskError> {
-    let signals = ptrace::pending_signals(tid, shared)?
-        .into_iter()
-        .map(|raw| SiginfoEntry {
-            siginfo: raw.to_vec(),
-        })
-        .collect();
-    Ok(SignalQueueEntry { signals })
 }
 
 /// Builds the `core` entry of one thread. `remote` must be a [`RemoteThread`] over
@@ -478,7 +345,7 @@ fn thread_core(
         blk_sigset: (tid != pid).then_some(sigmask),
         sas: Some(sas),
         pdeath_sig: (pdeath != 0).then_some(pdeath),
-        signals_p: Some(signal_queue(tid, false)?),
+        signals_p: Some(signals::signal_queue(tid, false)?),
         creds: Some(creds),
         comm,
         rseq_entry: rseq,
@@ -514,9 +381,9 @@ pub fn cores(
     let oom = read(pid, format!("/proc/{pid}/oom_score_adj"))
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    let sigacts = sigactions(p)?;
-    let timers = itimers(pid, p)?;
-    let shared_signals = signal_queue(pid, true)?;
+    let sigacts = signals::sigactions(p)?;
+    let timers = signals::timers(pid, p)?;
+    let shared_signals = signals::signal_queue(pid, true)?;
 
     let mut out = Vec::with_capacity(threads.len());
     for &tid in threads {
@@ -557,29 +424,4 @@ pub fn cores(
         ));
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_timers_parse_into_notify_and_signal() {
-        let text = "ID: 0\nsignal: 34/0000000000001234\nnotify: signal/pid.16080\nClockID: 1\n\
-                    ID: 3\nsignal: 14/0000000000000000\nnotify: signal/tid.77\nClockID: 0\n";
-        let t = parse_posix_timers(text);
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[0], (0, 34, 0x1234, libc::SIGEV_SIGNAL as u32, None, 1));
-        assert_eq!(
-            t[1],
-            (
-                3,
-                14,
-                0,
-                (libc::SIGEV_SIGNAL | libc::SIGEV_THREAD_ID) as u32,
-                Some(77),
-                0
-            )
-        );
-    }
 }

@@ -1,0 +1,102 @@
+//! Helpers shared by the dumper's integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cryo_dumper::DumpOptions;
+use cryo_fixtures::Workload;
+
+pub fn opts(pid: i32, dir: &Path, leave_running: bool) -> DumpOptions {
+    DumpOptions {
+        pid,
+        dir: dir.to_path_buf(),
+        leave_running,
+        shell_job: false,
+        page_server: None,
+    }
+}
+
+/// /proc/PID/maps without the lines that legitimately change while a process runs.
+pub fn maps(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
+}
+
+/// fd number → link target of every fd of `pid`.
+pub fn fd_list(pid: i32) -> BTreeSet<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let target = std::fs::read_link(e.path()).unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                target.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
+pub fn tracer_of(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("TracerPid:"))
+        .unwrap()
+        .to_string()
+}
+
+/// VMAs as (start, end) from /proc/PID/maps, with vvar + vvar_vclock merged as CRIU does.
+pub fn vma_ranges(maps_text: &str) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    for line in maps_text.lines() {
+        let range = line.split_whitespace().next().unwrap();
+        let (s, e) = range.split_once('-').unwrap();
+        let (s, e) = (
+            u64::from_str_radix(s, 16).unwrap(),
+            u64::from_str_radix(e, 16).unwrap(),
+        );
+        let vvar = line.ends_with("[vvar]") || line.ends_with("[vvar_vclock]");
+        if let Some(last) = out.last_mut()
+            && vvar
+            && last.2
+            && last.1 == s
+        {
+            last.1 = e;
+            continue;
+        }
+        out.push((s, e, vvar));
+    }
+    out.into_iter().map(|(s, e, _)| (s, e)).collect()
+}
+
+pub fn crit_decodes_every_image(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("pages-") {
+            continue;
+        }
+        let out = Command::new("crit")
+            .arg("decode")
+            .arg("-i")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "crit cannot decode {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+pub fn region_start(w: &Workload) -> u64 {
+    let line = w
+        .wait_for_line(|l| l.starts_with("ready "), Duration::from_secs(1))
+        .unwrap();
+    let region = cryo_fixtures::field(&line, "region").unwrap();
+    u64::from_str_radix(region.trim_start_matches("0x"), 16).unwrap()
+}

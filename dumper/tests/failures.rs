@@ -1,0 +1,177 @@
+//! Dumps that must fail: a clear error naming the process and the cause, no inventory,
+//! and the tree left running and untraced.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cryo_dumper::{DumpError, dump};
+use cryo_fixtures::Workload;
+
+mod common;
+use common::*;
+
+#[test]
+fn a_netlink_socket_fails_the_dump_and_leaves_the_tree_untouched() {
+    let script = "import socket,time\ns=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nprint('ready',flush=True)\ntime.sleep(60)";
+    let mut child = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid = child.id() as i32;
+    let (maps_before, fds_before) = (maps(pid), fd_list(pid));
+    let dir = tempfile::tempdir().unwrap();
+
+    let err = dump(&opts(pid, dir.path(), false)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DumpError::Files(cryo_dumper::files::FilesError::Unsupported { .. })
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&pid.to_string()) && msg.contains("socket"),
+        "{msg}"
+    );
+
+    assert!(!dir.path().join("inventory.img").exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no image left behind"
+    );
+    assert_eq!(maps(pid), maps_before);
+    assert_eq!(fd_list(pid), fds_before);
+    assert_eq!(tracer_of(pid), "TracerPid:\t0");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_target_killed_mid_dump_fails_cleanly_without_inventory() {
+    let mut w = Workload::counter(256).unwrap();
+    let pid = w.pid();
+    let dir = tempfile::tempdir().unwrap();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        // SAFETY: kill(2) on the workload's pid, still unreaped (our child).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let result = dump(&opts(pid, dir.path(), true));
+    killer.join().unwrap();
+    if result.is_ok() {
+        // The dump won the race; the kill came after the inventory. Nothing to check.
+        eprintln!("dump finished before the kill landed; race not exercised");
+        return;
+    }
+    assert!(!dir.path().join("inventory.img").exists());
+    let _ = w.wait_exit(Duration::from_secs(2));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn a_zombie_in_the_tree_fails_the_dump_and_releases_the_parent() {
+    // `sleep 0` exits and is never reaped by the `sleep 60` that replaced the shell.
+    let mut parent = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("sleep 0 & exec sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = parent.id() as i32;
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let err = dump(&opts(pid, dir.path(), false)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DumpError::Freeze(cryo_dumper::tree::FreezeError::Zombie { .. })
+        ),
+        "{err}"
+    );
+    assert!(!dir.path().join("inventory.img").exists());
+    assert_eq!(tracer_of(pid), "TracerPid:\t0");
+    assert!(parent.try_wait().unwrap().is_none(), "parent still running");
+    let _ = parent.kill();
+    let _ = parent.wait();
+}
+
+#[test]
+fn the_dumper_binary_reports_success_and_names_a_missing_pid() {
+    let w = Workload::counter(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let out = Command::new(env!("CARGO_BIN_EXE_dumper"))
+        .args(["dump", "-t", &w.pid().to_string(), "-D"])
+        .arg(&img)
+        .arg("--leave-running")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("dumped 1 processes, 1 threads"));
+    assert!(img.join("inventory.img").exists());
+
+    // A pid that cannot exist (above pid_max).
+    let out = Command::new(env!("CARGO_BIN_EXE_dumper"))
+        .args(["dump", "-t", "99999999", "-D"])
+        .arg(dir.path().join("none"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("process 99999999 does not exist"), "{err}");
+    assert!(!dir.path().join("none/inventory.img").exists());
+}
+
+#[test]
+fn a_mapping_of_a_deleted_file_fails_the_dump_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gone");
+    let script = "import mmap,os,sys,time\nf=open(sys.argv[1],'w+b')\nf.write(b'a'*4096)\nf.flush()\n\
+                  m=mmap.mmap(f.fileno(),4096)\nf.close()\nos.unlink(sys.argv[1])\nprint('ready',flush=True)\ntime.sleep(60)";
+    let mut child = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid = child.id() as i32;
+    let img = dir.path().join("img");
+    let err = dump(&opts(pid, &img, false)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DumpError::Unsupported { .. }), "{msg}");
+    assert!(
+        msg.contains("deleted file") && msg.contains("gone"),
+        "{msg}"
+    );
+    assert!(!img.join("inventory.img").exists());
+    assert!(child.try_wait().unwrap().is_none());
+    let _ = child.kill();
+    let _ = child.wait();
+}
