@@ -14,6 +14,9 @@
 //! a peer that disconnects mid-page, pages for no open pagemap — ends only its own session,
 //! with the reason logged; its partial checkpoint is discarded.
 
+mod lazy;
+mod worker;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,11 +30,10 @@ use zerocopy::little_endian::{U32, U64};
 
 use crate::protocol::{
     self, CRYO_EXT_VERSION, Command, DstId, HEADER_SIZE, HeaderLayout, HelloReply,
-    LEGACY_HEADER_SIZE, PAGE_SIZE, PE_PARENT, PE_PRESENT, ProtocolError, Request, WireHeader,
+    LEGACY_HEADER_SIZE, PAGE_SIZE, PE_PRESENT, ProtocolError, Request, WireHeader,
 };
-use crate::store::{
-    CheckpointInfo, CheckpointWriter, Classified, Store, StoreError, StoredPagemap,
-};
+use crate::store::{CheckpointInfo, Store, StoreError, StoredPagemap};
+use worker::{Job, ingest_worker};
 
 /// Pages handed to the ingest worker at a time.
 pub const BATCH_PAGES: usize = 1024;
@@ -122,18 +124,6 @@ pub enum SessionEnd {
     Committed(CheckpointInfo),
     /// CLOSE with nothing to commit (e.g. a GET-only session).
     Closed,
-}
-
-enum Job {
-    SetParent(Option<u64>),
-    Open(DstId),
-    Entry {
-        vaddr: u64,
-        nr_pages: u64,
-        flags: u32,
-    },
-    Pages(Vec<u8>),
-    Commit(oneshot::Sender<Result<CheckpointInfo, StoreError>>),
 }
 
 /// Accepts connections forever (or one, with `single_session`), one task per session.
@@ -573,205 +563,6 @@ impl Session<'_> {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.read(&mut sink)).await;
         Ok(end)
     }
-
-    async fn get(&mut self, req: Request) -> Result<(), SessionError> {
-        let checkpoint = match self.read_from.or(self.config.serve_checkpoint) {
-            Some(c) => c,
-            None => {
-                let store = Arc::clone(&self.config.store);
-                let latest = self.blocking(move || store.latest()).await?;
-                let id = latest
-                    .ok_or(SessionError::NothingToServe { peer: self.peer })?
-                    .id;
-                self.read_from = Some(id);
-                id
-            }
-        };
-        let pid = req.dst_id;
-        let found = self
-            .find_pages(checkpoint, pid, req.vaddr, req.nr_pages)
-            .await?;
-        let Some((refs, at_checkpoint)) = found else {
-            if self.cryo {
-                // Negotiated clients understand an empty answer.
-                let head = WireHeader::new(protocol::add_f_word(PE_PRESENT), 0, req.vaddr, pid);
-                let head = self.reply_header(head);
-                return self.reply(&head).await;
-            }
-            return Err(SessionError::GetMissing {
-                peer: self.peer,
-                pid,
-                vaddr: req.vaddr,
-                checkpoint,
-            });
-        };
-
-        let store = Arc::clone(&self.config.store);
-        let n = refs.len();
-        let data = self
-            .blocking(move || {
-                let mut out = vec![0u8; n * PAGE_SIZE];
-                store.read_pages(&refs, &mut out).map(|()| out)
-            })
-            .await
-            .map_err(|e| match e {
-                SessionError::Store { peer, source, .. } => SessionError::Store {
-                    peer,
-                    checkpoint: at_checkpoint,
-                    source,
-                },
-                e => e,
-            })?;
-        let head = WireHeader::new(protocol::add_f_word(PE_PRESENT), n as u64, req.vaddr, pid);
-        let head = self.reply_header(head);
-        self.reply(&head).await?;
-        self.reply(&data).await
-    }
-
-    /// Finds up to `nr` pages at `vaddr`, following PE_PARENT holes up the parent chain.
-    async fn find_pages(
-        &mut self,
-        mut checkpoint: u64,
-        pid: u64,
-        vaddr: u64,
-        mut nr: u64,
-    ) -> Result<Option<(Vec<u64>, u64)>, SessionError> {
-        let dst = DstId::pid(pid);
-        for _ in 0..1024 {
-            let Some(pm) = self.cached_pagemap(checkpoint, dst).await? else {
-                return Ok(None);
-            };
-            let Some(at) = pm.locate(vaddr) else {
-                return Ok(None);
-            };
-            // A hole in the child may be shorter than the parent's entry.
-            let nr_here = nr.min(at.pages_left).min(MAX_GET_PAGES);
-            if let Some(ri) = at.ref_index {
-                let (ri, n) = (ri as usize, nr_here as usize);
-                return Ok(Some((pm.refs[ri..ri + n].to_vec(), checkpoint)));
-            }
-            nr = nr_here;
-            if at.flags & PE_PARENT == 0 {
-                return Ok(None);
-            }
-            let store = Arc::clone(&self.config.store);
-            let info = self.blocking(move || store.checkpoint(checkpoint)).await?;
-            match info.parent {
-                Some(p) => checkpoint = p,
-                None => return Ok(None),
-            }
-        }
-        Ok(None)
-    }
-
-    async fn cached_pagemap(
-        &mut self,
-        checkpoint: u64,
-        dst: DstId,
-    ) -> Result<Option<Arc<StoredPagemap>>, SessionError> {
-        if let Some(p) = self.pagemap_cache.get(&(checkpoint, dst)) {
-            return Ok(p.clone());
-        }
-        let store = Arc::clone(&self.config.store);
-        let pm = self
-            .blocking(move || store.pagemap(checkpoint, dst))
-            .await?
-            .map(Arc::new);
-        self.pagemap_cache.insert((checkpoint, dst), pm.clone());
-        Ok(pm)
-    }
-}
-
-/// Batches being classified ahead of the one the worker appends.
-const CLASSIFY_AHEAD: usize = 2;
-
-type Pending = std::sync::mpsc::Receiver<(Vec<u8>, Classified)>;
-
-/// Runs on a blocking thread: applies the session's jobs to its checkpoint writer. Page
-/// batches are classified on the rayon pool up to [`CLASSIFY_AHEAD`] batches ahead, so
-/// hashing and compression overlap the serial appends; everything else waits until the
-/// batches before it are applied, keeping stream order.
-fn ingest_worker(
-    mut writer: CheckpointWriter,
-    mut jobs: mpsc::Receiver<Job>,
-    free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-) {
-    let classifier = writer.classifier();
-    let mut pending: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
-    let mut failed: Option<StoreError> = None;
-    let apply_oldest = |pending: &mut std::collections::VecDeque<Pending>,
-                        writer: &mut CheckpointWriter,
-                        failed: &mut Option<StoreError>| {
-        let Some(rx) = pending.pop_front() else {
-            return;
-        };
-        let (buf, classified) = rx.recv().expect("classification tasks always answer");
-        if failed.is_none()
-            && let Err(e) = writer.add_classified(&buf, classified)
-        {
-            *failed = Some(e);
-        }
-        let mut pool = free.lock().expect("buffer pool poisoned");
-        if pool.len() < 8 {
-            pool.push(buf);
-        }
-    };
-
-    loop {
-        // Apply finished work whenever no new job is waiting, so pages reach the segment
-        // without waiting for the next request.
-        let job = if pending.is_empty() {
-            match jobs.blocking_recv() {
-                Some(job) => job,
-                None => break,
-            }
-        } else {
-            match jobs.try_recv() {
-                Ok(job) => job,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    apply_oldest(&mut pending, &mut writer, &mut failed);
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            }
-        };
-        if let Job::Pages(buf) = job {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let classifier = classifier.clone();
-            rayon::spawn(move || {
-                let classified = classifier.classify(&buf);
-                let _ = tx.send((buf, classified));
-            });
-            pending.push_back(rx);
-            while pending.len() > CLASSIFY_AHEAD {
-                apply_oldest(&mut pending, &mut writer, &mut failed);
-            }
-            continue;
-        }
-        while !pending.is_empty() {
-            apply_oldest(&mut pending, &mut writer, &mut failed);
-        }
-        match job {
-            Job::SetParent(parent) => writer.set_parent(parent),
-            Job::Open(dst) => writer.open_pagemap(dst),
-            Job::Entry {
-                vaddr,
-                nr_pages,
-                flags,
-            } => writer.add_entry(vaddr, nr_pages, flags),
-            Job::Pages(_) => unreachable!("handled above"),
-            Job::Commit(reply) => {
-                let result = match failed.take() {
-                    Some(e) => Err(e),
-                    None => writer.commit(),
-                };
-                let _ = reply.send(result);
-                return;
-            }
-        }
-    }
-    // The session ended without CLOSE: pending batches are dropped with it; the writer's
-    // drop removes its segment.
 }
 
 /// Reads until `buf` is full or EOF; returns the bytes read. Fails with `TimedOut` when the
