@@ -14,6 +14,8 @@
 use blake3::IncrementCounter;
 use blake3::platform::Platform;
 
+use std::collections::HashMap;
+
 use super::PageHash;
 use crate::protocol::PAGE_SIZE;
 
@@ -102,6 +104,28 @@ pub fn hash_pages(pages: &[&[u8]], out: &mut Vec<PageHash>) {
             .map(|h| <PageHash>::try_from(h).expect("32 bytes")),
     );
 }
+
+/// Hasher for maps keyed by BLAKE3 hashes: the key is already uniformly random, so its first
+/// eight bytes are the hash (no SipHash pass per lookup).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrefixHasher(u64);
+
+impl std::hash::Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Arrays hash their bytes in one call after no length prefix; take the first 8.
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(b);
+    }
+}
+
+/// The dedup map type.
+pub type HashIndex = HashMap<PageHash, u64, std::hash::BuildHasherDefault<PrefixHasher>>;
 
 #[cfg(test)]
 mod tests {

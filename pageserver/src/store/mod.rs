@@ -40,6 +40,7 @@
 
 mod codec;
 mod hash;
+mod info;
 mod ingest;
 mod pagemap;
 mod segment;
@@ -52,9 +53,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
 
 pub use codec::Codec;
+pub use hash::{HashIndex, PrefixHasher};
+use info::decode_info;
+pub use info::{CheckpointInfo, CheckpointStats};
 pub use ingest::{CheckpointWriter, Classified, Classifier};
 pub use pagemap::{Entry, Located, StoredPagemap};
 
@@ -125,56 +128,6 @@ impl StoreError {
     }
 }
 
-/// Counters of one checkpoint, computed while it is received.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointStats {
-    /// Present pages received (zero pages included).
-    pub pages_received: u64,
-    /// Present pages that were all zero.
-    pub zero_pages: u64,
-    /// Present non-zero pages already in the store or earlier in this checkpoint.
-    pub dedup_pages: u64,
-    /// Pages this checkpoint added to the store.
-    pub new_pages: u64,
-    /// Bytes of segment records this checkpoint wrote (headers included).
-    pub stored_bytes: u64,
-    /// Pages announced as being in the parent (holes).
-    pub parent_pages: u64,
-    /// Pages announced as lazy and not sent.
-    pub lazy_pages: u64,
-    /// Seconds from the first request to the commit.
-    pub seconds: f64,
-}
-
-impl CheckpointStats {
-    pub fn raw_bytes(&self) -> u64 {
-        self.pages_received * PAGE_SIZE as u64
-    }
-
-    /// Raw bytes per stored byte (∞ shown as raw bytes when nothing was stored).
-    pub fn reduction_ratio(&self) -> f64 {
-        self.raw_bytes() as f64 / self.stored_bytes.max(1) as f64
-    }
-
-    /// Received MiB per second.
-    pub fn mib_per_s(&self) -> f64 {
-        self.raw_bytes() as f64 / (1 << 20) as f64 / self.seconds.max(1e-9)
-    }
-}
-
-/// A committed checkpoint, as listed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointInfo {
-    pub id: u64,
-    pub parent: Option<u64>,
-    /// Seconds since the epoch at commit.
-    pub committed_at: u64,
-    /// Peer address of the session.
-    pub peer: String,
-    pub pagemaps: u64,
-    pub stats: CheckpointStats,
-}
-
 /// Where a stored page is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageLoc {
@@ -189,28 +142,6 @@ pub struct PageLoc {
 pub fn page_ref(segment: u64, index: u32) -> u64 {
     (segment << 32) | u64::from(index)
 }
-
-/// Hasher for maps keyed by BLAKE3 hashes: the key is already uniformly random, so its first
-/// eight bytes are the hash (no SipHash pass per lookup).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PrefixHasher(u64);
-
-impl std::hash::Hasher for PrefixHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Arrays hash their bytes in one call after no length prefix; take the first 8.
-        let mut b = [0u8; 8];
-        let n = bytes.len().min(8);
-        b[..n].copy_from_slice(&bytes[..n]);
-        self.0 ^= u64::from_le_bytes(b);
-    }
-}
-
-/// The dedup map type.
-pub type HashIndex = HashMap<PageHash, u64, std::hash::BuildHasherDefault<PrefixHasher>>;
 
 /// Totals over the whole store.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -572,13 +503,6 @@ impl Store {
         }
         Ok(totals)
     }
-}
-
-fn decode_info(id: u64, bytes: &[u8]) -> Result<CheckpointInfo, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::CorruptCheckpoint {
-        checkpoint: id,
-        reason: e.to_string(),
-    })
 }
 
 fn check_or_write_version(root: &Path, create: bool) -> Result<(), StoreError> {
