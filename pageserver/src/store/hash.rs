@@ -1,4 +1,5 @@
-//! BLAKE3 of many 4 KiB pages at once, with the same result as `blake3::hash(page)`.
+//! Hashing: BLAKE3 of many 4 KiB pages at once (the same result as `blake3::hash(page)`),
+//! and the hasher of the in-memory maps keyed by those hashes.
 //!
 //! `blake3::hash` on one page keeps only 4 of the 16 AVX-512 lanes busy (a page is 4 chunks of
 //! 1 KiB). Hashing a group of pages together fills the lanes: chunk j of every page in one
