@@ -175,3 +175,63 @@ fn a_mapping_of_a_deleted_file_fails_the_dump_by_name() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn an_io_uring_fd_fails_the_dump_naming_pid_fd_and_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("uring.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <string.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+         int main(void) { unsigned char params[120]; memset(params, 0, sizeof(params));\n\
+         long fd = syscall(SYS_io_uring_setup, 4, params);\n\
+         printf(\"ready %ld\\n\", fd); fflush(stdout); for (;;) pause(); }\n",
+    )
+    .unwrap();
+    let bin = dir.path().join("uring");
+    assert!(
+        Command::new("gcc")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let fd: i32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    assert!(fd >= 0, "io_uring_setup failed: {line}");
+    let pid = child.id() as i32;
+    let (maps_before, fds_before) = (maps(pid), fd_list(pid));
+
+    let img = dir.path().join("img");
+    let err = dump(&opts(pid, &img, false)).unwrap_err();
+    match &err {
+        DumpError::Files(cryo_dumper::files::FilesError::Unsupported {
+            pid: p,
+            fd: f,
+            kind,
+        }) => {
+            assert_eq!((*p, *f), (pid, fd));
+            assert!(kind.contains("io_uring"), "{kind}");
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+    assert!(!img.join("inventory.img").exists());
+    assert_eq!(maps(pid), maps_before);
+    assert_eq!(fd_list(pid), fds_before);
+    assert_eq!(tracer_of(pid), "TracerPid:\t0");
+    assert!(child.try_wait().unwrap().is_none());
+    let _ = child.kill();
+    let _ = child.wait();
+}
