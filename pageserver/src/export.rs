@@ -23,7 +23,7 @@ use cryo_format::pagemap::{encode_entry, encode_head};
 use cryo_format::writer::{ImageWriter, WriteError};
 
 use crate::protocol::{DstId, DstKind, PAGE_SIZE, PE_PARENT, PE_PRESENT};
-use crate::store::{Entry, Store, StoreError, StoredPagemap};
+use crate::store::{Entry, PagemapIndex, Store, StoreError, StoredPagemap};
 
 /// Pages read from the store at a time.
 const READ_BATCH: usize = 256;
@@ -219,7 +219,7 @@ fn flatten(
     };
     let mut ref_at = 0usize;
     // Parent pagemaps, loaded once each: (checkpoint id, pagemap).
-    let mut chain: Vec<(u64, Option<StoredPagemap>)> = Vec::new();
+    let mut chain: Vec<(u64, Option<(StoredPagemap, PagemapIndex)>)> = Vec::new();
     let mut next = store.checkpoint(checkpoint).map_err(store_err)?.parent;
     for e in &pm.entries {
         if e.is_present() {
@@ -239,14 +239,17 @@ fn flatten(
             let found = loop {
                 if level == chain.len() {
                     let Some(parent) = next else { break None };
-                    let pagemap = store.pagemap(parent, pm.dst).map_err(store_err)?;
+                    let pagemap = store.pagemap(parent, pm.dst).map_err(store_err)?.map(|p| {
+                        let index = PagemapIndex::new(&p);
+                        (p, index)
+                    });
                     next = store.checkpoint(parent).map_err(store_err)?.parent;
                     chain.push((parent, pagemap));
                 }
-                let Some(parent_pm) = &chain[level].1 else {
+                let Some((parent_pm, parent_index)) = &chain[level].1 else {
                     break None;
                 };
-                let Some(at) = parent_pm.locate(vaddr) else {
+                let Some(at) = parent_index.locate(vaddr) else {
                     break None;
                 };
                 match at.ref_index {

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use super::{MAX_GET_PAGES, Session, SessionError};
+use super::{IndexedPagemap, MAX_GET_PAGES, Session, SessionError};
 use crate::protocol::{self, DstId, PAGE_SIZE, PE_PARENT, PE_PRESENT, Request, WireHeader};
-use crate::store::StoredPagemap;
+use crate::store::PagemapIndex;
 
 impl Session<'_> {
     pub(super) async fn get(&mut self, req: Request) -> Result<(), SessionError> {
@@ -80,14 +80,14 @@ impl Session<'_> {
             let Some(pm) = self.cached_pagemap(checkpoint, dst).await? else {
                 return Ok(None);
             };
-            let Some(at) = pm.locate(vaddr) else {
+            let Some(at) = pm.1.locate(vaddr) else {
                 return Ok(None);
             };
             // A hole in the child may be shorter than the parent's entry.
             let nr_here = nr.min(at.pages_left).min(MAX_GET_PAGES);
             if let Some(ri) = at.ref_index {
                 let (ri, n) = (ri as usize, nr_here as usize);
-                return Ok(Some((pm.refs[ri..ri + n].to_vec(), checkpoint)));
+                return Ok(Some((pm.0.refs[ri..ri + n].to_vec(), checkpoint)));
             }
             nr = nr_here;
             if at.flags & PE_PARENT == 0 {
@@ -107,7 +107,7 @@ impl Session<'_> {
         &mut self,
         checkpoint: u64,
         dst: DstId,
-    ) -> Result<Option<Arc<StoredPagemap>>, SessionError> {
+    ) -> Result<Option<Arc<IndexedPagemap>>, SessionError> {
         if let Some(p) = self.pagemap_cache.get(&(checkpoint, dst)) {
             return Ok(p.clone());
         }
@@ -115,7 +115,10 @@ impl Session<'_> {
         let pm = self
             .blocking(move || store.pagemap(checkpoint, dst))
             .await?
-            .map(Arc::new);
+            .map(|pm| {
+                let index = PagemapIndex::new(&pm);
+                Arc::new((pm, index))
+            });
         self.pagemap_cache.insert((checkpoint, dst), pm.clone());
         Ok(pm)
     }

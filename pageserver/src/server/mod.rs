@@ -32,7 +32,7 @@ use crate::protocol::{
     self, CRYO_EXT_VERSION, Command, DstId, HEADER_SIZE, HeaderLayout, HelloReply,
     LEGACY_HEADER_SIZE, PAGE_SIZE, PE_PRESENT, ProtocolError, Request, WireHeader,
 };
-use crate::store::{CheckpointInfo, Store, StoreError, StoredPagemap};
+use crate::store::{CheckpointInfo, PagemapIndex, Store, StoreError, StoredPagemap};
 use worker::{Job, ingest_worker};
 
 /// Pages handed to the ingest worker at a time.
@@ -192,6 +192,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A stored pagemap with its address index, as GETs use it.
+type IndexedPagemap = (StoredPagemap, PagemapIndex);
+
 struct Session<'a> {
     peer: SocketAddr,
     config: &'a ServerConfig,
@@ -206,7 +209,7 @@ struct Session<'a> {
     free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     current: Option<DstId>,
     read_from: Option<u64>,
-    pagemap_cache: HashMap<(u64, DstId), Option<Arc<StoredPagemap>>>,
+    pagemap_cache: HashMap<(u64, DstId), Option<Arc<IndexedPagemap>>>,
 }
 
 async fn run_session(

@@ -59,7 +59,7 @@ pub use hash::{HashIndex, PrefixHasher};
 use info::decode_info;
 pub use info::{CheckpointInfo, CheckpointStats};
 pub use ingest::{CheckpointWriter, Classified, Classifier};
-pub use pagemap::{Entry, Located, StoredPagemap};
+pub use pagemap::{Entry, Located, PagemapIndex, StoredPagemap};
 
 use crate::protocol::{DstId, PAGE_SIZE};
 
