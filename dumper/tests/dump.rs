@@ -78,10 +78,13 @@ fn threads_get_one_core_each_and_keep_counting() {
     let w = Workload::threads(2, 4).unwrap();
     let pid = w.pid();
     let tids = thread_ids(pid);
+    let (maps_before, fds_before) = (maps(pid), fd_list(pid));
     let dir = tempfile::tempdir().unwrap();
 
     let summary = dump(&opts(pid, dir.path(), true)).unwrap();
     assert_eq!(summary.threads, 5);
+    assert_eq!((maps(pid), fd_list(pid)), (maps_before, fds_before));
+    assert_eq!(thread_ids(pid), tids);
 
     let set = ImageSet::open(dir.path()).unwrap();
     let root = set.root().unwrap();
@@ -177,10 +180,25 @@ fn registers_of_a_blocked_reader_are_captured_with_restart_semantics() {
 fn pipe_tree_dump_holds_the_unread_bytes_and_all_three_processes() {
     let w = Workload::pipe_tree(5000).unwrap();
     let pids = w.tree_pids();
+    // A process's first log line allocates its heap; let every process get that far.
+    for &p in &pids {
+        w.wait_tick_after(p, 1, Duration::from_secs(5)).unwrap();
+    }
+    let before: Vec<_> = pids.iter().map(|&p| (maps(p), fd_list(p))).collect();
     let dir = tempfile::tempdir().unwrap();
 
     let summary = dump(&opts(w.pid(), dir.path(), true)).unwrap();
     assert_eq!(summary.processes, 3);
+    let after: Vec<_> = pids.iter().map(|&p| (maps(p), fd_list(p))).collect();
+    for (pid, ((m0, f0), (m1, f1))) in pids.iter().zip(before.iter().zip(&after)) {
+        let gone: Vec<&str> = m0.lines().filter(|l| !m1.contains(l)).collect();
+        let new: Vec<&str> = m1.lines().filter(|l| !m0.contains(l)).collect();
+        assert!(
+            gone.is_empty() && new.is_empty(),
+            "maps of {pid}: -{gone:?} +{new:?}"
+        );
+        assert_eq!(f0, f1, "fds of {pid}");
+    }
 
     let set = ImageSet::open(dir.path()).unwrap();
     let tree = set.pstree().unwrap();
