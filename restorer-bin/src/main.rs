@@ -33,16 +33,36 @@
 //!    signal); with `-d` it exits once the tree runs. Any failure after the first
 //!    fork kills every process the restore created.
 //!
+//! # Pages from a page server
+//!
+//! `restorer restore -D DIR --page-server ADDR:PORT [--checkpoint ID]` restores a tree
+//! dumped with `dumper dump -t PID -D DIR --page-server ADDR:PORT`: DIR then holds every
+//! image except `pagemap-*.img`/`pages-*.img`, which live in the server's store, keyed by
+//! checkpoint and pid. The restorer needs a cryo `pageserver` (it negotiates cryo's
+//! extensions to select a checkpoint and to be told plainly of a missing page).
+//!
+//! - Checkpoint: `--checkpoint ID`, or by default the newest committed checkpoint that
+//!   holds every process of the tree (it has the page under each leader's dumped stack
+//!   pointer). Either way a checkpoint lacking a process is refused.
+//! - Ranges: the runs of `DIR/pagemap-PID.img` when there is one (every listed page must
+//!   come back); otherwise every VMA that takes pages is walked with GET, since the
+//!   protocol has no query listing a checkpoint's ranges (an empty answer = a page that
+//!   was never dumped, left as the fresh mapping's zeroes).
+//! - All pages are fetched before the first process is created (a missing server,
+//!   checkpoint or page fails the restore with nothing started; errors name the peer,
+//!   checkpoint, pid and vaddr), then written by the same path as local pages.
+//!
 //! Modules, in the order a restore uses them: [`plan`] (images → checked plan),
 //! [`files`] (file objects opened in the restorer), [`spawn`] (the tree), [`inject`]
 //! (ptrace and remote syscalls), [`maps`], [`memory`] (address space) with [`vdso`],
-//! [`pages`] and [`uffd`], [`timens`], [`regs`] and
+//! [`pages`] (fed by [`netpages`] with `--page-server`) and [`uffd`], [`timens`], [`regs`] and
 //! [`thread`] (the switch), [`restore`] (orchestration and cleanup), [`waiter`].
 
 mod files;
 mod inject;
 mod maps;
 mod memory;
+mod netpages;
 mod pages;
 mod plan;
 mod regs;
@@ -86,6 +106,14 @@ enum Command {
         /// Give terminal descriptors the restorer's own terminal.
         #[arg(long)]
         shell_job: bool,
+        /// Take private pages from the page server at ADDR:PORT (a cryo `pageserver`
+        /// the tree was dumped to with `dumper dump --page-server`).
+        #[arg(long, value_name = "ADDR:PORT")]
+        page_server: Option<String>,
+        /// The page server's checkpoint to read (default: the newest committed
+        /// checkpoint that holds every process of the tree).
+        #[arg(long, value_name = "ID", requires = "page_server")]
+        checkpoint: Option<u64>,
     },
 }
 
@@ -105,10 +133,15 @@ fn main() -> anyhow::Result<()> {
             detached,
             pidfile,
             shell_job,
+            page_server,
+            checkpoint,
         } => {
+            let page_server = page_server.as_deref().map(resolve).transpose()?;
             let opts = restore::Options {
                 dir: &dir,
                 shell_job,
+                page_server,
+                checkpoint,
             };
             if !detached {
                 waiter::hold_forwarded_signals();
@@ -132,4 +165,13 @@ fn main() -> anyhow::Result<()> {
             waiter::wait_and_mirror(restored.root).context("waiting for the restored root")
         }
     }
+}
+
+/// Resolves `ADDR:PORT` (a name or a literal address) to its first socket address.
+fn resolve(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .with_context(|| format!("page server address {addr}"))?
+        .next()
+        .with_context(|| format!("page server address {addr} resolves to nothing"))
 }

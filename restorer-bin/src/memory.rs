@@ -22,12 +22,11 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use cryo_format::MemoryView;
 use cryo_format::schema::VmaEntry;
 
 use crate::inject::{COPY_CODE, GADGET_CODE, InjectError, Tracee};
 use crate::maps::{self, Mapping};
-use crate::pages::{COPY_OFF, fill_pages};
+use crate::pages::{COPY_OFF, PageSource, fill_pages};
 use crate::plan::{FileSpec, ProcessPlan, vma_status};
 use crate::vdso::move_vdso;
 
@@ -111,7 +110,7 @@ pub fn restore(
     t: &mut Tracee,
     proc: &ProcessPlan,
     files: &BTreeMap<u32, FileSpec>,
-    view: &MemoryView,
+    pages: PageSource<'_>,
 ) -> Result<Scratch, MemoryError> {
     let pid = proc.pid;
     let vmas = &proc.mm.vmas;
@@ -248,7 +247,7 @@ pub fn restore(
     }
 
     let mapped = std::time::Instant::now();
-    let pages = fill_pages(t, pid, vmas, view, scratch)?;
+    let pages = fill_pages(t, pid, vmas, pages, scratch)?;
     tracing::debug!(
         pid,
         pages,

@@ -1,15 +1,17 @@
 //! Copying the dumped pages into a rebuilt address space.
 //!
 //! The bytes come from `cryo_format::MemoryView`, which resolves every run through the
-//! `parent` chain to a slice of a mapped pages image. Three ways in, fastest first:
+//! `parent` chain to a slice of a mapped pages image, or from runs fetched from a page
+//! server (`netpages`). Three ways in, fastest first:
 //!
 //! - large private anonymous ranges: `UFFDIO_COPY` through a userfaultfd of the child
 //!   (see `uffd`): each page is allocated and filled at once, with no zeroing and no
 //!   fault per page;
-//! - other large ranges (file-backed private, or no userfaultfd): the pages image is
-//!   mapped into the child, the range is populated with `MADV_POPULATE_WRITE`, and
-//!   the scratch area's `rep movsb` copies inside the child;
-//! - small ranges: `process_vm_writev` from the restorer's own mapping.
+//! - other large ranges from local images (file-backed private, or no userfaultfd):
+//!   the pages image is mapped into the child, the range is populated with
+//!   `MADV_POPULATE_WRITE`, and the scratch area's `rep movsb` copies inside the child;
+//! - small ranges, and fetched ranges that cannot take `UFFDIO_COPY`:
+//!   `process_vm_writev` from the restorer's own memory.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +31,15 @@ const MADV_POPULATE_WRITE: u64 = 23;
 const MADV_POPULATE_READ: i32 = 22;
 /// Ranges at least this long are populated before they are written.
 const POPULATE_MIN: u64 = 64 * PAGE;
+
+/// Where the dumped pages come from.
+#[derive(Debug, Clone, Copy)]
+pub enum PageSource<'a> {
+    /// `pagemap-PID.img` + `pages-N.img` in the image directory (and its parents).
+    Images(&'a MemoryView),
+    /// Runs fetched from a page server.
+    Fetched(&'a crate::netpages::FetchedPages),
+}
 
 /// Where the bytes of a present page are: pages image and offset in it.
 fn pages_location(
@@ -119,12 +130,38 @@ pub fn fill_pages(
     t: &Tracee,
     pid: i32,
     vmas: &[VmaEntry],
-    view: &MemoryView,
+    source: PageSource<'_>,
     scratch: Scratch,
 ) -> Result<u64, MemoryError> {
-    let segments = view
-        .resolved_runs()
-        .map_err(|source| MemoryError::Pages { pid, source })?;
+    // (vaddr, bytes, parent depth of the local pages image holding them)
+    let mut segments: Vec<(u64, &[u8], Option<usize>)> = Vec::new();
+    match source {
+        PageSource::Images(view) => {
+            let runs = view
+                .resolved_runs()
+                .map_err(|source| MemoryError::Pages { pid, source })?;
+            for seg in runs {
+                match seg.source {
+                    Source::Data { bytes, depth } => segments.push((seg.vaddr, bytes, Some(depth))),
+                    Source::Lazy => {
+                        return Err(MemoryError::Lazy {
+                            pid,
+                            vaddr: seg.vaddr,
+                            len: seg.len,
+                        });
+                    }
+                    Source::Absent => {}
+                }
+            }
+        }
+        PageSource::Fetched(fetched) => {
+            segments.extend(fetched.runs.iter().map(|(v, b)| (*v, b.as_slice(), None)));
+        }
+    }
+    let view = match source {
+        PageSource::Images(view) => Some(view),
+        PageSource::Fetched(_) => None,
+    };
     let mut images = ChildImages {
         by_path: HashMap::new(),
     };
@@ -136,28 +173,17 @@ pub fn fill_pages(
         }
     };
     let mut written = 0;
-    for seg in segments {
-        let (bytes, depth) = match seg.source {
-            Source::Data { bytes, depth } => (bytes, depth),
-            Source::Lazy => {
-                return Err(MemoryError::Lazy {
-                    pid,
-                    vaddr: seg.vaddr,
-                    len: seg.len,
-                });
-            }
-            Source::Absent => continue,
-        };
-        let seg_end = seg.vaddr + seg.len;
-        let first = vmas.partition_point(|v| v.end <= seg.vaddr);
+    for (seg_vaddr, bytes, depth) in segments {
+        let seg_end = seg_vaddr + bytes.len() as u64;
+        let first = vmas.partition_point(|v| v.end <= seg_vaddr);
         for vma in vmas[first..].iter().take_while(|v| v.start < seg_end) {
             if !vma_takes_pages(vma) {
                 continue;
             }
-            let from = vma.start.max(seg.vaddr);
+            let from = vma.start.max(seg_vaddr);
             let to = vma.end.min(seg_end);
             written += (to - from) / PAGE;
-            let local = &bytes[(from - seg.vaddr) as usize..(to - seg.vaddr) as usize];
+            let local = &bytes[(from - seg_vaddr) as usize..(to - seg_vaddr) as usize];
             if to - from >= POPULATE_MIN
                 && vma.flags & libc::MAP_ANONYMOUS as u32 != 0
                 && let Some(u) = &uffd
@@ -180,6 +206,7 @@ pub fn fill_pages(
                 }
             }
             if to - from >= POPULATE_MIN
+                && let (Some(view), Some(depth)) = (view, depth)
                 && let Some((path, offset)) = pages_location(view, depth, from)
             {
                 let t0 = std::time::Instant::now();

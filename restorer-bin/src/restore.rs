@@ -18,6 +18,8 @@ use cryo_format::{MemoryView, PagemapId};
 use crate::files::{self, OpenFiles};
 use crate::inject::{InjectError, Tracee};
 use crate::memory;
+use crate::netpages::PageServer;
+use crate::pages::PageSource;
 use crate::plan::{PlanError, RestorePlan};
 use crate::spawn::{self, KernelSigaction, Pgid, SpawnNode, SpawnPlan};
 use crate::thread;
@@ -36,6 +38,8 @@ pub enum RestoreError {
         #[source]
         source: cryo_format::MemoryError,
     },
+    #[error(transparent)]
+    NetPages(Box<crate::netpages::NetPagesError>),
     #[error(transparent)]
     Files(#[from] files::FileError),
     #[error(transparent)]
@@ -63,11 +67,36 @@ pub enum RestoreError {
     NulInPath(String),
 }
 
+impl From<crate::netpages::NetPagesError> for RestoreError {
+    fn from(e: crate::netpages::NetPagesError) -> Self {
+        RestoreError::NetPages(Box::new(e))
+    }
+}
+
 /// What the caller asked for.
 #[derive(Debug, Clone)]
 pub struct Options<'a> {
     pub dir: &'a Path,
     pub shell_job: bool,
+    /// Take private pages from this page server instead of the directory's pages images.
+    pub page_server: Option<std::net::SocketAddr>,
+    /// The server's checkpoint to read (default: the newest holding every process).
+    pub checkpoint: Option<u64>,
+}
+
+/// The dumped pages of every process, from local images or from a page server.
+enum Memory {
+    Images(Vec<MemoryView>),
+    Fetched(Vec<crate::netpages::FetchedPages>),
+}
+
+impl Memory {
+    fn source(&self, index: usize) -> PageSource<'_> {
+        match self {
+            Memory::Images(v) => PageSource::Images(&v[index]),
+            Memory::Fetched(v) => PageSource::Fetched(&v[index]),
+        }
+    }
 }
 
 /// A restored, running tree.
@@ -113,14 +142,35 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
     plan.check_mapped_files()?;
     plan.check_credentials()?;
 
-    let views = plan
-        .processes
-        .iter()
-        .map(|p| {
-            MemoryView::open(opts.dir, PagemapId::Pid(p.pid as u32))
-                .map_err(|source| RestoreError::Pages { pid: p.pid, source })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    // Every page is at hand (mapped, or fetched) before the first process exists.
+    let memory = match opts.page_server {
+        None => Memory::Images(
+            plan.processes
+                .iter()
+                .map(|p| {
+                    MemoryView::open(opts.dir, PagemapId::Pid(p.pid as u32))
+                        .map_err(|source| RestoreError::Pages { pid: p.pid, source })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(peer) => {
+            let fetch_started = Instant::now();
+            let mut server = PageServer::connect(peer, opts.checkpoint, &plan.processes)?;
+            let fetched = plan
+                .processes
+                .iter()
+                .map(|p| server.fetch(opts.dir, p))
+                .collect::<Result<Vec<_>, _>>()?;
+            tracing::info!(
+                %peer,
+                checkpoint = server.checkpoint(),
+                pages = fetched.iter().map(|f| f.pages()).sum::<u64>(),
+                ms = fetch_started.elapsed().as_secs_f64() * 1e3,
+                "pages fetched from the page server"
+            );
+            Memory::Fetched(fetched)
+        }
+    };
 
     let set = cryo_format::ImageSet::open(opts.dir).map_err(PlanError::from)?;
     crate::timens::enter(&set)?;
@@ -160,8 +210,8 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
         tracees.push(threads);
     }
 
-    for ((p, threads), view) in plan.processes.iter().zip(&mut tracees).zip(&views) {
-        let scratch = memory::restore(&mut threads[0], p, &plan.files, view)?;
+    for (index, (p, threads)) in plan.processes.iter().zip(&mut tracees).enumerate() {
+        let scratch = memory::restore(&mut threads[0], p, &plan.files, memory.source(index))?;
         let blocked = p.task_core().blk_sigset;
         for (t, th) in threads.iter_mut().zip(&p.threads).skip(1) {
             t.gadget = scratch.addr;

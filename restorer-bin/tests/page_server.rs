@@ -1,0 +1,350 @@
+//! `restorer restore --page-server`: the tree is dumped with its pages sent to a real
+//! `pageserver` process (the image directory gets no pagemap or pages images), then
+//! restored with the pages read back over the page-server protocol.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use cryo_fixtures::{TreeGuard, Workload, field, last_tick_of, wait_for_log_line, wait_tick_after};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The `pageserver` binary of this workspace, built if it is missing.
+fn pageserver_bin() -> PathBuf {
+    // Test binaries live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("pageserver");
+    let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "cryo-pageserver",
+        "--bin",
+        "pageserver",
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if cfg!(not(debug_assertions)) {
+        cmd.arg("--release");
+    }
+    let out = run_bounded(cmd, Duration::from_secs(300));
+    assert!(
+        out.status.success() || bin.exists(),
+        "building pageserver failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+/// A `pageserver serve` process on a free loopback port with a store of its own;
+/// killed on drop.
+struct PageServer {
+    child: Child,
+    addr: SocketAddr,
+    _store: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl PageServer {
+    fn start() -> PageServer {
+        let store = tempfile::tempdir().unwrap();
+        let log = store.path().join("server.log");
+        let mut child = Command::new(pageserver_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(store.path().join("store"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let mut server = PageServer {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            _store: store,
+            log,
+        };
+        server.addr = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!(
+                "pageserver did not report its address:\n{}",
+                server.log_text()
+            )
+        });
+        server
+    }
+
+    fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+#[test]
+#[ignore = "helper: dumps CRYO_TEST_DUMP_PID (to CRYO_TEST_PAGE_SERVER if set) for another test"]
+fn page_server_dump_helper() {
+    let pid = std::env::var("CRYO_TEST_DUMP_PID")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let dir = std::env::var("CRYO_TEST_DUMP_DIR").unwrap();
+    let server = std::env::var("CRYO_TEST_PAGE_SERVER").ok();
+    cryo_dumper::dump(&cryo_dumper::DumpOptions {
+        pid,
+        dir: dir.into(),
+        leave_running: false,
+        shell_job: false,
+        page_server: server.map(|s| s.parse().unwrap()),
+    })
+    .expect("dump");
+}
+
+/// Local `pagemap-*`/`pages-*` images in `dir`.
+fn local_page_images(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("pagemap-") || n.starts_with("pages-"))
+        .collect()
+}
+
+/// Dumps (and so kills) the workload's tree with its pages sent to `server`, in a
+/// process of its own, then waits until the tree's pids are free again.
+fn dump_to_server(w: &mut Workload, dir: &Path, server: &PageServer) {
+    dump_in_helper(w, dir, Some(server));
+    let local = local_page_images(dir);
+    assert!(local.is_empty(), "pages were written locally: {local:?}");
+}
+
+/// Dumps the workload's tree (pages to `server`, or into `dir`) in a process of its
+/// own, then waits until the tree's pids are free again.
+fn dump_in_helper(w: &mut Workload, dir: &Path, server: Option<&PageServer>) {
+    let pids = w.tree_pids();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "page_server_dump_helper",
+        "--nocapture",
+    ])
+    .env("CRYO_TEST_DUMP_PID", w.pid().to_string())
+    .env("CRYO_TEST_DUMP_DIR", dir);
+    if let Some(server) = server {
+        cmd.env("CRYO_TEST_PAGE_SERVER", server.addr());
+    }
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success() && dir.join("inventory.img").exists(),
+        "dump of {} failed:\n{}\n{}\nserver:\n{}",
+        w.pid(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.map(PageServer::log_text).unwrap_or_default()
+    );
+    w.wait_exit(WAIT);
+    let deadline = Instant::now() + WAIT;
+    while let Some(pid) = taken(&pids) {
+        assert!(Instant::now() < deadline, "pid {pid} did not go away");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `restorer restore -D dir -d ...extra` expecting failure; returns its stderr.
+fn restore_fails(dir: &Path, extra: &[&str]) -> String {
+    let mut cmd = restorer();
+    cmd.arg("restore")
+        .arg("-D")
+        .arg(dir)
+        .arg("-d")
+        .args(extra)
+        .current_dir("/");
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "restore succeeded: {stderr}");
+    stderr
+}
+
+/// Asserts that the counter `pid` ticks on from `last`, consecutively, pattern intact.
+fn assert_counter_continues(log: &Path, pid: i32, last: u64) {
+    wait_tick_after(log, pid, last + 3, WAIT).unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    let ticks: Vec<u64> = text
+        .lines()
+        .filter(|l| field(l, "pid") == Some(pid.to_string().as_str()))
+        .filter_map(|l| {
+            let tick = cryo_fixtures::parse_tick(l)?;
+            if tick > last {
+                assert_eq!(field(l, "bad"), Some("0"), "memory pattern broken: {l}");
+            }
+            Some(tick)
+        })
+        .filter(|&t| t > last)
+        .collect();
+    let expected: Vec<u64> = (last + 1..last + 1 + ticks.len() as u64).collect();
+    assert_eq!(ticks, expected);
+}
+
+#[test]
+fn counter_continues_with_pages_from_the_page_server() {
+    let server = PageServer::start();
+    let mut w = Workload::counter(16).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    dump_to_server(&mut w, images.path(), &server);
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &["--page-server", &server.addr()]);
+    let _guard = TreeGuard::new(root);
+    assert_eq!(root, pid);
+    assert_counter_continues(w.log_path(), pid, last);
+}
+
+/// Sends the runs of `pid`'s local pagemap, except those `skip` selects, to `server`
+/// as one checkpoint.
+fn upload(server: &PageServer, dir: &Path, pid: i32, skip: impl Fn(usize) -> bool) {
+    use cryo_pageserver::client::{Client, DstId};
+    let view = cryo_format::MemoryView::open(dir, cryo_format::PagemapId::Pid(pid as u32)).unwrap();
+    let mut c = Client::connect(server.addr).unwrap();
+    let dst = DstId::pid(pid as u64);
+    c.open2(dst).unwrap();
+    for (i, seg) in view.resolved_runs().unwrap().into_iter().enumerate() {
+        let cryo_format::Source::Data { bytes, .. } = seg.source else {
+            panic!("run at {:#x} has no data", seg.vaddr);
+        };
+        if !skip(i) {
+            c.add_pages(dst, seg.vaddr, bytes, false).unwrap();
+        }
+    }
+    c.close().unwrap();
+}
+
+#[test]
+fn pagemap_in_the_dir_gives_the_ranges_and_a_page_the_server_lacks_is_an_error() {
+    let server = PageServer::start();
+    let mut w = Workload::counter(8).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+    dump_in_helper(&mut w, images.path(), None);
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let pagemap =
+        cryo_format::Pagemap::open(images.path().join(format!("pagemap-{pid}.img"))).unwrap();
+    let first = pagemap.runs()[0].vaddr;
+
+    // Checkpoint 1 lacks the first run, checkpoint 2 has them all.
+    upload(&server, images.path(), pid, |i| i == 0);
+    upload(&server, images.path(), pid, |_| false);
+    for name in local_page_images(images.path()) {
+        if name.starts_with("pages-") {
+            std::fs::remove_file(images.path().join(name)).unwrap();
+        }
+    }
+
+    let err = restore_fails(
+        images.path(),
+        &["--page-server", &server.addr(), "--checkpoint", "1"],
+    );
+    let want = format!(
+        "page server {}: checkpoint 1 has no page of pid {pid} at vaddr {first:#x}",
+        server.addr()
+    );
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+    assert_eq!(taken(&[pid]), None, "a failed restore left {pid} behind");
+
+    let root = restore_detached(images.path(), &["--page-server", &server.addr()]);
+    let _guard = TreeGuard::new(root);
+    assert_eq!(root, pid);
+    assert_counter_continues(w.log_path(), pid, last);
+}
+
+#[test]
+fn pipe_tree_keeps_unread_bytes_with_pages_from_the_page_server() {
+    let server = PageServer::start();
+    let mut w = Workload::pipe_tree(1000).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    let children: Vec<i32> = w.tree_pids().into_iter().filter(|&p| p != pid).collect();
+    assert_eq!(children.len(), 2);
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    dump_to_server(&mut w, images.path(), &server);
+    let root = restore_detached(images.path(), &["--page-server", &server.addr()]);
+    let _guard = TreeGuard::new(root);
+
+    for &child in &children {
+        assert_eq!(proc_status_field(child, "PPid"), Some(pid as u64));
+        let last = last_tick_of(w.log_path(), child).unwrap();
+        wait_tick_after(w.log_path(), child, last + 2, WAIT).unwrap();
+    }
+    // SAFETY: kill(2) on the root of the test's own restored tree.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let log = w.log_path().to_path_buf();
+    let line = wait_for_log_line(&log, |l| l.starts_with("pipe bytes="), WAIT).unwrap();
+    assert_eq!(line, "pipe bytes=1000 ok=1");
+}
+
+#[test]
+fn page_server_errors_name_the_peer_and_restore_nothing() {
+    let server = PageServer::start();
+    let mut w = Workload::counter(4).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 1, WAIT).unwrap();
+    dump_to_server(&mut w, images.path(), &server);
+
+    // A checkpoint that does not exist.
+    let err = restore_fails(
+        images.path(),
+        &["--page-server", &server.addr(), "--checkpoint", "4242"],
+    );
+    assert!(
+        err.contains(&format!("page server {}", server.addr()))
+            && err.contains("checkpoint 4242 does not exist"),
+        "{err}"
+    );
+    // A server that never saw this tree.
+    let empty = PageServer::start();
+    let err = restore_fails(images.path(), &["--page-server", &empty.addr()]);
+    assert!(
+        err.contains(&format!("page server {}", empty.addr()))
+            && err.contains("no committed checkpoint holds")
+            && err.contains(&pid.to_string()),
+        "{err}"
+    );
+    // Nobody listening.
+    drop(empty);
+    let err = restore_fails(images.path(), &["--page-server", "127.0.0.1:1"]);
+    assert!(err.contains("page server 127.0.0.1:1"), "{err}");
+    assert_eq!(taken(&[pid]), None, "a failed restore left {pid} behind");
+
+    // The right one still restores.
+    let root = restore_detached(images.path(), &["--page-server", &server.addr()]);
+    let _guard = TreeGuard::new(root);
+    assert_eq!(root, pid);
+}
