@@ -235,3 +235,21 @@ fn an_io_uring_fd_fails_the_dump_naming_pid_fd_and_kind() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_directory_with_a_complete_dump_is_refused_before_freezing() {
+    let w = Workload::counter(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    dump(&opts(w.pid(), dir.path(), true)).unwrap();
+    let inventory = std::fs::read(dir.path().join("inventory.img")).unwrap();
+
+    let err = dump(&opts(w.pid(), dir.path(), false)).unwrap_err();
+    assert!(matches!(err, DumpError::Images(_)), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("inventory.img")).unwrap(),
+        inventory
+    );
+    let tick = w.last_tick(w.pid()).unwrap_or(0);
+    w.wait_tick_after(w.pid(), tick, Duration::from_secs(5))
+        .unwrap();
+}
