@@ -20,7 +20,10 @@
 //!    GET: a reply of `n` pages is a present run, an empty reply means the page was not
 //!    dumped (never touched) and the walk steps one page on. The fetched runs are then
 //!    written by the same filling path as local pages (`UFFDIO_COPY` for large anonymous
-//!    ranges, `process_vm_writev` otherwise).
+//!    ranges, `process_vm_writev` otherwise). The walk costs one round trip per absent
+//!    page (about 60 µs on loopback against a debug build: a 256 MiB mapping with two
+//!    touched pages takes 68k GETs, 4 s); more than 16k GETs for one process is logged
+//!    as a warning.
 //!
 //! The session never sends CLOSE: on a cryo server, HELLO opens a checkpoint writer, and
 //! CLOSE would commit an empty checkpoint that would become the newest. Dropping the
@@ -42,6 +45,8 @@ use crate::plan::{ProcessPlan, vma_takes_pages};
 const GET_PAGES: u64 = 1024;
 /// Socket timeout of every request.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// GETs for one process above which the walk is reported as slow.
+const SLOW_WALK: u64 = 16 * 1024;
 /// How many checkpoint ids below the newest the default choice looks at.
 const MAX_WALK: u64 = 4096;
 
@@ -271,6 +276,16 @@ impl PageServer {
             for vma in proc.mm.vmas.iter().filter(|v| vma_takes_pages(v)) {
                 requests += self.walk_vma(pid, vma, &mut out)?;
             }
+        }
+        if requests > SLOW_WALK {
+            tracing::warn!(
+                peer = %self.peer,
+                pid,
+                requests,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "sparse memory walked page by page: the page-server protocol has no query \
+                 for the ranges a checkpoint holds"
+            );
         }
         tracing::debug!(
             peer = %self.peer,

@@ -348,3 +348,21 @@ fn page_server_errors_name_the_peer_and_restore_nothing() {
     let _guard = TreeGuard::new(root);
     assert_eq!(root, pid);
 }
+
+#[test]
+fn threads_keep_their_tids_with_pages_from_the_page_server() {
+    let server = PageServer::start();
+    let mut w = Workload::threads(8, 3).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+    let tids = cryo_fixtures::thread_ids(pid);
+    assert_eq!(tids.len(), 4);
+
+    dump_to_server(&mut w, images.path(), &server);
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &["--page-server", &server.addr()]);
+    let _guard = TreeGuard::new(root);
+    assert_eq!(cryo_fixtures::thread_ids(root), tids);
+    assert_counter_continues(w.log_path(), pid, last);
+}
