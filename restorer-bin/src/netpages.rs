@@ -22,12 +22,13 @@
 //!    written by the same filling path as local pages (`UFFDIO_COPY` for large anonymous
 //!    ranges, `process_vm_writev` otherwise). The walk costs one round trip per absent
 //!    page (about 60 µs on loopback against a debug build: a 256 MiB mapping with two
-//!    touched pages takes 68k GETs, 4 s); more than 16k GETs for one process is logged
-//!    as a warning.
+//!    touched pages takes 68k GETs, 4 s on one session); walks of more than 16k pages
+//!    are cut into 16 MiB chunks shared by 4 sessions (2 s for that case on 2 cores),
+//!    and more than 16k GETs for one process is logged as a warning.
 //!
-//! The session never sends CLOSE: on a cryo server, HELLO opens a checkpoint writer, and
+//! Sessions never send CLOSE: on a cryo server, HELLO opens a checkpoint writer, and
 //! CLOSE would commit an empty checkpoint that would become the newest. Dropping the
-//! connection discards it (the server logs the session as aborted).
+//! connection discards it (the server logs each such session as aborted).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,8 +36,7 @@ use std::time::{Duration, Instant};
 
 use cryo_format::PagemapId;
 use cryo_format::pagemap::Pagemap;
-use cryo_format::schema::VmaEntry;
-use cryo_pageserver::client::{Client, ClientError};
+use cryo_pageserver::client::{Client, ClientError, Hello};
 
 use crate::memory::PAGE;
 use crate::plan::{ProcessPlan, vma_takes_pages};
@@ -45,6 +45,12 @@ use crate::plan::{ProcessPlan, vma_takes_pages};
 const GET_PAGES: u64 = 1024;
 /// Socket timeout of every request.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Sessions a large walk is spread over (the walk waits on round trips, not on CPU).
+const WALKERS: usize = 4;
+/// Pages to walk above which more than one session is used.
+const PARALLEL_FROM: u64 = 16 * 1024;
+/// Pages of one walk chunk.
+const CHUNK_PAGES: u64 = 4096;
 /// GETs for one process above which the walk is reported as slow.
 const SLOW_WALK: u64 = 16 * 1024;
 /// How many checkpoint ids below the newest the default choice looks at.
@@ -127,25 +133,7 @@ impl PageServer {
         checkpoint: Option<u64>,
         procs: &[ProcessPlan],
     ) -> Result<Self, NetPagesError> {
-        let client =
-            Client::connect_timeout(peer, TIMEOUT).map_err(|source| NetPagesError::Client {
-                peer,
-                during: "connecting".into(),
-                source,
-            })?;
-        let mut s = PageServer {
-            client,
-            peer,
-            checkpoint: 0,
-            buf: vec![0; (GET_PAGES * PAGE) as usize],
-        };
-        let hello = s.client.hello().map_err(|source| NetPagesError::Client {
-            peer,
-            during: "negotiating cryo extensions (HELLO); a CRIU page server cannot serve \
-                     this restore"
-                .into(),
-            source,
-        })?;
+        let (mut s, hello) = Self::open(peer)?;
         tracing::debug!(%peer, version = hello.version, next = hello.checkpoint_id, "page server hello");
         match checkpoint {
             Some(id) => {
@@ -187,6 +175,149 @@ impl PageServer {
         }
         tracing::info!(%peer, checkpoint = s.checkpoint, "pages come from the page server");
         Ok(s)
+    }
+
+    /// Connects and negotiates cryo's extensions.
+    fn open(peer: SocketAddr) -> Result<(Self, Hello), NetPagesError> {
+        let client =
+            Client::connect_timeout(peer, TIMEOUT).map_err(|source| NetPagesError::Client {
+                peer,
+                during: "connecting".into(),
+                source,
+            })?;
+        let mut s = PageServer {
+            client,
+            peer,
+            checkpoint: 0,
+            buf: vec![0; (GET_PAGES * PAGE) as usize],
+        };
+        let hello = s.client.hello().map_err(|source| NetPagesError::Client {
+            peer,
+            during: "negotiating cryo extensions (HELLO); a CRIU page server cannot serve \
+                     this restore"
+                .into(),
+            source,
+        })?;
+        Ok((s, hello))
+    }
+
+    /// Another session on the same checkpoint, for a parallel walk.
+    fn another(&self) -> Result<Self, NetPagesError> {
+        let (mut s, _) = Self::open(self.peer)?;
+        if !s.select(self.checkpoint)? {
+            return Err(NetPagesError::NoCheckpoint {
+                peer: self.peer,
+                checkpoint: self.checkpoint,
+            });
+        }
+        Ok(s)
+    }
+
+    /// Fetches the pages of every process of `procs` (see [`PageServer::fetch`]). Walks
+    /// without a pagemap are latency-bound (one GET per absent page), so large ones are
+    /// cut into chunks spread over up to [`WALKERS`] sessions.
+    pub fn fetch_all(
+        &mut self,
+        dir: &Path,
+        procs: &[ProcessPlan],
+    ) -> Result<Vec<FetchedPages>, NetPagesError> {
+        let started = Instant::now();
+        let mut out: Vec<Option<FetchedPages>> = Vec::new();
+        // (process index, pid, start, end) of every range to walk, in address order.
+        let mut chunks = Vec::new();
+        for (i, p) in procs.iter().enumerate() {
+            if dir.join(PagemapId::Pid(p.pid as u32).file_name()).exists() {
+                out.push(Some(self.fetch(dir, p)?));
+                continue;
+            }
+            out.push(None);
+            for vma in p.mm.vmas.iter().filter(|v| vma_takes_pages(v)) {
+                let mut at = vma.start;
+                while at < vma.end {
+                    let end = vma.end.min(at + CHUNK_PAGES * PAGE);
+                    chunks.push((i, p.pid, at, end));
+                    at = end;
+                }
+            }
+        }
+        let walk_pages: u64 = chunks.iter().map(|c| (c.3 - c.2) / PAGE).sum();
+        let walkers = if walk_pages > PARALLEL_FROM {
+            WALKERS.min(chunks.len())
+        } else {
+            1
+        };
+        let mut sessions = Vec::new();
+        for _ in 1..walkers {
+            sessions.push(self.another()?);
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let walk = |s: &mut PageServer| -> Result<Vec<(usize, FetchedPages, u64)>, NetPagesError> {
+            let mut done = Vec::new();
+            loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(_, pid, start, end)) = chunks.get(k) else {
+                    return Ok(done);
+                };
+                let mut got = FetchedPages::default();
+                let requests = s.walk_range(pid, start, end, &mut got)?;
+                done.push((k, got, requests));
+            }
+        };
+        let results = std::thread::scope(|scope| {
+            let others: Vec<_> = sessions
+                .iter_mut()
+                .map(|s| scope.spawn(|| walk(s)))
+                .collect();
+            let mut all = vec![walk(self)];
+            all.extend(
+                others
+                    .into_iter()
+                    .map(|h| h.join().expect("page walker panicked")),
+            );
+            all
+        });
+        let mut pieces = Vec::new();
+        for r in results {
+            pieces.extend(r?);
+        }
+        pieces.sort_unstable_by_key(|p| p.0);
+        let mut requests = vec![0u64; procs.len()];
+        for (k, got, n) in pieces {
+            let i = chunks[k].0;
+            requests[i] += n;
+            let dst = out[i].get_or_insert_with(FetchedPages::default);
+            for (vaddr, bytes) in got.runs {
+                dst.push(vaddr, &bytes);
+            }
+        }
+        let out: Vec<FetchedPages> = out.into_iter().map(Option::unwrap_or_default).collect();
+        for ((p, f), requests) in procs.iter().zip(&out).zip(requests) {
+            if requests > SLOW_WALK {
+                tracing::warn!(
+                    peer = %self.peer,
+                    pid = p.pid,
+                    requests,
+                    "sparse memory walked page by page: the page-server protocol has no \
+                     query for the ranges a checkpoint holds"
+                );
+            }
+            tracing::debug!(
+                peer = %self.peer,
+                checkpoint = self.checkpoint,
+                pid = p.pid,
+                pages = f.pages(),
+                runs = f.runs.len(),
+                requests,
+                "pages fetched"
+            );
+        }
+        tracing::debug!(
+            walkers,
+            walk_pages,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "page walk done"
+        );
+        Ok(out)
     }
 
     pub fn checkpoint(&self) -> u64 {
@@ -274,18 +405,8 @@ impl PageServer {
             }
         } else {
             for vma in proc.mm.vmas.iter().filter(|v| vma_takes_pages(v)) {
-                requests += self.walk_vma(pid, vma, &mut out)?;
+                requests += self.walk_range(pid, vma.start, vma.end, &mut out)?;
             }
-        }
-        if requests > SLOW_WALK {
-            tracing::warn!(
-                peer = %self.peer,
-                pid,
-                requests,
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "sparse memory walked page by page: the page-server protocol has no query \
-                 for the ranges a checkpoint holds"
-            );
         }
         tracing::debug!(
             peer = %self.peer,
@@ -300,18 +421,19 @@ impl PageServer {
         Ok(out)
     }
 
-    /// Collects the pages the server holds in `vma`; returns the GETs it took.
-    fn walk_vma(
+    /// Collects the pages the server holds in `[start, end)`; returns the GETs it took.
+    fn walk_range(
         &mut self,
         pid: i32,
-        vma: &VmaEntry,
+        start: u64,
+        end: u64,
         out: &mut FetchedPages,
     ) -> Result<u64, NetPagesError> {
         let mut requests = 0;
-        let mut at = vma.start;
-        while at < vma.end {
+        let mut at = start;
+        while at < end {
             requests += 1;
-            let n = self.get(pid, at, (vma.end - at) / PAGE)?;
+            let n = self.get(pid, at, (end - at) / PAGE)?;
             if n == 0 {
                 at += PAGE;
                 continue;

@@ -156,11 +156,7 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
         Some(peer) => {
             let fetch_started = Instant::now();
             let mut server = PageServer::connect(peer, opts.checkpoint, &plan.processes)?;
-            let fetched = plan
-                .processes
-                .iter()
-                .map(|p| server.fetch(opts.dir, p))
-                .collect::<Result<Vec<_>, _>>()?;
+            let fetched = server.fetch_all(opts.dir, &plan.processes)?;
             tracing::info!(
                 %peer,
                 checkpoint = server.checkpoint(),

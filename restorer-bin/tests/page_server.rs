@@ -212,7 +212,9 @@ fn assert_counter_continues(log: &Path, pid: i32, last: u64) {
 #[test]
 fn counter_continues_with_pages_from_the_page_server() {
     let server = PageServer::start();
-    let mut w = Workload::counter(16).unwrap();
+    // 64 MiB: more than 16k pages to walk, so the walk is spread over several sessions
+    // and its chunks are stitched back together.
+    let mut w = Workload::counter(64).unwrap();
     let images = tempfile::tempdir().unwrap();
     let pid = w.pid();
     wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
