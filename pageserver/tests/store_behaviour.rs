@@ -199,3 +199,38 @@ fn cryo_clients_negotiate_and_choose_parent_and_source_checkpoint() {
     c.close().unwrap();
     server.next_result().unwrap();
 }
+
+#[test]
+fn read_only_session_closes_without_committing_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let mut server = TestServer::start(store.clone());
+    let dst = DstId::pid(7);
+    let pages = patterned_pages(9, 2);
+
+    let mut c = Client::connect(server.addr).unwrap();
+    let hello = c.hello().unwrap();
+    c.add_pages(dst, 0x4000, &pages, false).unwrap();
+    c.close().unwrap();
+    assert_eq!(committed(&mut server).id, hello.checkpoint_id);
+
+    // A restorer's session: HELLO (which reserves an id), USE_CHECKPOINT, GET, CLOSE.
+    let mut c = Client::connect(server.addr).unwrap();
+    c.hello().unwrap();
+    assert!(c.use_checkpoint(hello.checkpoint_id).unwrap());
+    let mut buf = vec![0u8; 2 * 4096];
+    assert_eq!(c.get(7, 0x4000, &mut buf).unwrap(), 2);
+    assert_eq!(buf, pages);
+    c.close().unwrap();
+    assert!(
+        matches!(server.next_result(), Ok(SessionEnd::Closed)),
+        "a GET-only session ends as Closed"
+    );
+
+    let listed: Vec<u64> = store.list().unwrap().iter().map(|c| c.id).collect();
+    assert_eq!(
+        listed,
+        vec![hello.checkpoint_id],
+        "no empty checkpoint was listed"
+    );
+}

@@ -201,6 +201,15 @@ impl PageServer {
         Ok((s, hello))
     }
 
+    /// Ends the session with CLOSE, so the server sees a clean end of a read-only session
+    /// (it commits nothing for it). A failure here cannot hurt the restore: it is logged.
+    pub fn close(self) {
+        let peer = self.peer;
+        if let Err(e) = self.client.close() {
+            tracing::debug!(%peer, error = %e, "closing a page-server session");
+        }
+    }
+
     /// Another session on the same checkpoint, for a parallel walk.
     fn another(&self) -> Result<Self, NetPagesError> {
         let (mut s, _) = Self::open(self.peer)?;
@@ -276,6 +285,9 @@ impl PageServer {
             );
             all
         });
+        for s in sessions {
+            s.close();
+        }
         let mut pieces = Vec::new();
         for r in results {
             pieces.extend(r?);

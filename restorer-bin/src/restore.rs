@@ -157,9 +157,11 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
             let fetch_started = Instant::now();
             let mut server = PageServer::connect(peer, opts.checkpoint, &plan.processes)?;
             let fetched = server.fetch_all(opts.dir, &plan.processes)?;
+            let checkpoint = server.checkpoint();
+            server.close();
             tracing::info!(
                 %peer,
-                checkpoint = server.checkpoint(),
+                checkpoint,
                 pages = fetched.iter().map(|f| f.pages()).sum::<u64>(),
                 ms = fetch_started.elapsed().as_secs_f64() * 1e3,
                 "pages fetched from the page server"

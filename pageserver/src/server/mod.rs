@@ -208,6 +208,8 @@ struct Session<'a> {
     worker: Option<tokio::task::JoinHandle<()>>,
     free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     current: Option<DstId>,
+    /// Whether any pagemap was opened: a session that only read (GET) commits nothing.
+    opened: bool,
     read_from: Option<u64>,
     pagemap_cache: HashMap<(u64, DstId), Option<Arc<IndexedPagemap>>>,
 }
@@ -231,6 +233,7 @@ async fn run_session(
         worker: None,
         free: Arc::default(),
         current: None,
+        opened: false,
         read_from: None,
         pagemap_cache: HashMap::new(),
     };
@@ -465,6 +468,7 @@ impl Session<'_> {
     async fn open(&mut self, dst: DstId) -> Result<(), SessionError> {
         self.ensure_checkpoint().await?;
         self.current = Some(dst);
+        self.opened = true;
         self.send(Job::Open(dst)).await
     }
 
@@ -530,7 +534,10 @@ impl Session<'_> {
     }
 
     async fn close(&mut self) -> Result<SessionEnd, SessionError> {
-        let end = match self.jobs.take() {
+        // HELLO reserves a checkpoint; a session that never opened a pagemap drops it
+        // (the worker removes its segment) instead of committing an empty checkpoint.
+        let jobs = self.jobs.take().filter(|_| self.opened);
+        let end = match jobs {
             None => {
                 self.reply(&0i32.to_le_bytes()).await?;
                 SessionEnd::Closed
