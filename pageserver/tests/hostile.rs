@@ -183,3 +183,15 @@ fn a_get_for_a_huge_range_is_answered_with_at_most_1024_pages() {
     c.close().unwrap();
     server.next_result().unwrap();
 }
+
+#[test]
+fn a_connection_that_sends_nothing_ends_quietly_and_commits_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let mut server = TestServer::start(store.clone());
+
+    drop(std::net::TcpStream::connect(server.addr).unwrap());
+
+    assert!(matches!(server.next_result(), Ok(SessionEnd::Closed)));
+    assert!(store.list().unwrap().is_empty());
+}

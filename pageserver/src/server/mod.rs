@@ -192,6 +192,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What the next read from the peer gave.
+enum Incoming {
+    Request(Request),
+    /// The peer hung up before sending a byte (a port probe): nothing happened.
+    HungUpAtOnce,
+    /// The stream ended, possibly inside a header.
+    Ended,
+}
+
 /// A stored pagemap with its address index, as GETs use it.
 type IndexedPagemap = (StoredPagemap, PagemapIndex);
 
@@ -250,8 +259,9 @@ impl Session<'_> {
     async fn run(&mut self) -> Result<SessionEnd, SessionError> {
         loop {
             let req = match self.read_request().await? {
-                Some(req) => req,
-                None => return Err(SessionError::NoClose { peer: self.peer }),
+                Incoming::Request(req) => req,
+                Incoming::HungUpAtOnce => return Ok(SessionEnd::Closed),
+                Incoming::Ended => return Err(SessionError::NoClose { peer: self.peer }),
             };
             tracing::trace!(peer = %self.peer, ?req, "request");
             if let Some(end) = self.handle(req).await? {
@@ -261,7 +271,7 @@ impl Session<'_> {
     }
 
     /// Reads and parses one header in the session's layout (decided by the first one).
-    async fn read_request(&mut self) -> Result<Option<Request>, SessionError> {
+    async fn read_request(&mut self) -> Result<Incoming, SessionError> {
         let io = |source| SessionError::Io {
             peer: self.peer,
             source,
@@ -269,8 +279,11 @@ impl Session<'_> {
         let mut head = [0u8; HEADER_SIZE];
         let first = &mut head[..LEGACY_HEADER_SIZE];
         let idle = self.config.idle_timeout;
-        if read_full(&mut self.stream, first, idle).await.map_err(io)? < LEGACY_HEADER_SIZE {
-            return Ok(None);
+        match read_full(&mut self.stream, first, idle).await.map_err(io)? {
+            // A peer that hangs up before its first byte (a port probe) did nothing.
+            0 if self.layout.is_none() => return Ok(Incoming::HungUpAtOnce),
+            n if n < LEGACY_HEADER_SIZE => return Ok(Incoming::Ended),
+            _ => {}
         }
         let layout = *self.layout.get_or_insert_with(|| {
             let first: &[u8; LEGACY_HEADER_SIZE] =
@@ -285,15 +298,17 @@ impl Session<'_> {
             HeaderLayout::Criu42 => {
                 let rest = &mut head[LEGACY_HEADER_SIZE..];
                 if read_full(&mut self.stream, rest, idle).await.map_err(io)? < rest.len() {
-                    return Ok(None);
+                    return Ok(Incoming::Ended);
                 }
                 protocol::parse_header(&head)
             }
         };
-        parsed.map(Some).map_err(|source| SessionError::Protocol {
-            peer: self.peer,
-            source,
-        })
+        parsed
+            .map(Incoming::Request)
+            .map_err(|source| SessionError::Protocol {
+                peer: self.peer,
+                source,
+            })
     }
 
     /// A header to send back, in the session's layout.
