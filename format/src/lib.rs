@@ -72,6 +72,7 @@ pub mod pagemap;
 pub mod pages_writer;
 pub mod schema;
 pub mod validate;
+pub mod vma;
 pub mod wire;
 pub mod writer;
 

@@ -13,21 +13,7 @@ use std::path::{Path, PathBuf};
 use cryo_format::ImageSet;
 use cryo_format::schema::{CoreEntry, FdTypes, FileEntry, MmEntry, PstreeEntry, SaEntry, VmaEntry};
 
-/// VMA status bits of the image ABI.
-pub mod vma_status {
-    pub const VSYSCALL: u32 = 1 << 2;
-    pub const VDSO: u32 = 1 << 3;
-    pub const FILE_PRIVATE: u32 = 1 << 6;
-    pub const FILE_SHARED: u32 = 1 << 7;
-    pub const ANON_SHARED: u32 = 1 << 8;
-    pub const SYSVIPC: u32 = 1 << 10;
-    pub const SOCKET: u32 = 1 << 11;
-    pub const VVAR: u32 = 1 << 12;
-    pub const AIORING: u32 = 1 << 13;
-    pub const MEMFD: u32 = 1 << 14;
-    pub const SHSTK: u32 = 1 << 15;
-    pub const UNSUPP: u32 = 1 << 31;
-}
+pub use cryo_format::vma::status as vma_status;
 
 /// CRIU's task states.
 const TASK_ALIVE: u32 = 1;
