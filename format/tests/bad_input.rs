@@ -337,3 +337,13 @@ fn nested_ipc_messages_cut_short_are_malformed_extras() {
         }
     ));
 }
+
+#[test]
+fn a_directory_is_named_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = ImageFile::open(dir.path()).expect_err("a directory is not an image");
+    assert!(
+        matches!(&err, ImageError::IsDirectory { path } if path == dir.path()),
+        "{err:?}"
+    );
+}

@@ -158,6 +158,9 @@ fn encode_names_the_entry_and_field_of_a_bad_value() {
     );
     assert!(err.contains("entry 1"), "{err}");
     assert!(err.contains("cwd_id"), "{err}");
+    // The cause is printed once, on one line.
+    assert_eq!(err.matches("cwd_id").count(), 1, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
 #[test]

@@ -15,6 +15,8 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("image {path} is a directory, not an image file")]
+    IsDirectory { path: PathBuf },
     #[error("cannot map image {path}")]
     Map {
         path: PathBuf,

@@ -210,13 +210,16 @@ fn map(path: &Path) -> Result<Data, ImageError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let len = file
-        .metadata()
-        .map_err(|source| ImageError::Open {
+    let meta = file.metadata().map_err(|source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_dir() {
+        return Err(ImageError::IsDirectory {
             path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+        });
+    }
+    let len = meta.len();
     if len == 0 {
         return Ok(Data::Empty);
     }

@@ -67,7 +67,7 @@ pub enum EncodeError {
     UnknownMagic { name: String },
     #[error("JSON document: {name} images are raw data and cannot be encoded from JSON")]
     Raw { name: &'static str },
-    #[error("entry {index} ({message}): {source}")]
+    #[error("entry {index} ({message})")]
     Entry {
         index: usize,
         message: &'static str,
