@@ -10,8 +10,15 @@
 //!    marks the set complete.
 //! 4. Only then is the tree killed (default) or released (`leave_running`).
 //!
-//! If anything fails before step 3 ends, the images written so far are removed, the
-//! parasite is cured and the tree is detached, untouched.
+//! If anything fails before step 3 ends, the images written so far are removed (and the
+//! image directory too, if this dump created it), the parasite is cured and the tree is
+//! detached, untouched. A directory that already holds any image file is refused before
+//! anything is written, so a failed dump never removes images it did not write and a
+//! successful one never leaves a mixed set.
+//!
+//! After the kill (the default), the dumper waits, bounded by [`KILL_WAIT`], until every
+//! killed task has exited (a zombie or gone). It is not their parent, so it cannot reap
+//! them: a pid is free for a restore only once the tree's parent has reaped it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,6 +41,9 @@ use crate::tree::{FreezeError, FrozenTree, TaskInfo};
 use crate::vma::{self, SmapsError};
 use cryo_pageserver::client::Client;
 use cryo_pageserver::protocol::DstId;
+
+/// How long a default-kill dump waits for the killed tasks to exit.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Capacity of the page pipe (the default `/proc/sys/fs/pipe-max-size`).
 const PAGE_PIPE_CAPACITY: usize = 1 << 20;
@@ -99,12 +109,104 @@ pub enum DumpError {
     },
     #[error("process {pid}: {what} is not supported")]
     Unsupported { pid: i32, what: String },
+    #[error(
+        "{dir} already holds image file {file}: dump into an empty or new directory",
+        dir = dir.display()
+    )]
+    StaleImages { dir: PathBuf, file: String },
+    #[error("cannot read image directory {dir}", dir = dir.display())]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// Removes written images unless disarmed (a failed dump leaves no half set behind).
+/// Whether `name` is an image file (or the temporary of one) of an image directory.
+fn is_image_name(name: &str) -> bool {
+    name.ends_with(".img")
+        || name.ends_with(".cryo-tmp")
+        || name == "stats-dump"
+        || name == "stats-restore"
+}
+
+/// Names in `dir` (empty if it cannot be read).
+fn dir_names(dir: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// Undoes a failed dump unless disarmed: removes the image files this dump created (those
+/// not in the directory when it started) and the directories it created, deepest first.
 struct Cleanup {
     dir: PathBuf,
+    /// Names present in `dir` before the dump wrote anything.
+    existing: Vec<std::ffi::OsString>,
+    /// Directories this dump created (`dir` and any missing ancestors), outermost first.
+    created_dirs: Vec<PathBuf>,
     armed: bool,
+}
+
+impl Cleanup {
+    /// Checks `dir` and creates it (with missing ancestors). A directory holding a
+    /// complete dump or any image file is refused before anything is touched.
+    fn prepare(dir: &Path) -> Result<Cleanup, DumpError> {
+        let mut missing = Vec::new();
+        let mut cur = Some(dir);
+        while let Some(d) = cur
+            && !d.as_os_str().is_empty()
+            && std::fs::symlink_metadata(d).is_err()
+        {
+            missing.push(d.to_path_buf());
+            cur = d.parent();
+        }
+        missing.reverse();
+        let existing = if missing.is_empty() {
+            let inventory = dir.join("inventory.img");
+            if inventory.exists() {
+                return Err(ImageSetError::AlreadyComplete { path: inventory }.into());
+            }
+            let names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
+                .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
+                .map_err(|source| DumpError::ReadDir {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
+            let mut stale: Vec<String> = names
+                .iter()
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| is_image_name(n))
+                .collect();
+            stale.sort();
+            if let Some(file) = stale.into_iter().next() {
+                return Err(DumpError::StaleImages {
+                    dir: dir.to_path_buf(),
+                    file,
+                });
+            }
+            names
+        } else {
+            Vec::new()
+        };
+        let mut cleanup = Cleanup {
+            dir: dir.to_path_buf(),
+            existing,
+            created_dirs: Vec::new(),
+            armed: true,
+        };
+        for d in missing {
+            match std::fs::create_dir(&d) {
+                Ok(()) => cleanup.created_dirs.push(d),
+                // Created meanwhile by someone else: not ours to remove.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(ImageSetError::CreateDir { dir: d, source }.into());
+                }
+            }
+        }
+        Ok(cleanup)
+    }
 }
 
 impl Drop for Cleanup {
@@ -112,17 +214,41 @@ impl Drop for Cleanup {
         if !self.armed {
             return;
         }
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.ends_with(".img") || name.ends_with(".cryo-tmp") || name == "stats-dump" {
-                let _ = std::fs::remove_file(e.path());
+        for name in dir_names(&self.dir) {
+            if is_image_name(&name.to_string_lossy()) && !self.existing.contains(&name) {
+                let _ = std::fs::remove_file(self.dir.join(&name));
             }
         }
+        // remove_dir only removes empty directories: anything else put there survives.
+        for d in self.created_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
     }
+}
+
+/// Waits, at most `limit`, until none of `tids` is alive (each is a zombie or gone);
+/// returns the ones still alive at the deadline.
+fn wait_exited(tids: &[i32], limit: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + limit;
+    let mut alive: Vec<i32> = tids.to_vec();
+    loop {
+        alive.retain(|&tid| !has_exited(tid));
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether `tid` has exited: `/proc/TID/stat` is gone or says zombie (`Z`) or dead (`X`).
+fn has_exited(tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X" | "x") | None)
 }
 
 fn read_link(pid: i32, what: &str) -> Result<String, DumpError> {
@@ -138,11 +264,8 @@ fn read_link(pid: i32, what: &str) -> Result<String, DumpError> {
 /// Dumps the tree rooted at `opts.pid` into `opts.dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
     let started = Instant::now();
+    let mut cleanup = Cleanup::prepare(&opts.dir)?;
     let set = ImageSet::create(&opts.dir)?;
-    let mut cleanup = Cleanup {
-        dir: opts.dir.clone(),
-        armed: true,
-    };
 
     let mut server = match opts.page_server {
         Some(addr) => Some(Client::connect(addr)?),
@@ -255,9 +378,24 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         tree.release();
         frozen_at.elapsed()
     } else {
+        let tids: Vec<i32> = tree
+            .tasks()
+            .iter()
+            .flat_map(|t| std::iter::once(t.pid).chain(t.threads.iter().copied()))
+            .collect();
         let killed = tree.kill();
         let frozen = frozen_at.elapsed();
         killed.wait();
+        // The tracer's exit report can come before the task is fully gone: wait until
+        // each one is a zombie (for its parent to reap) or gone, so a restore can follow.
+        let alive = wait_exited(&tids, KILL_WAIT);
+        if !alive.is_empty() {
+            tracing::warn!(
+                ?alive,
+                secs = KILL_WAIT.as_secs(),
+                "killed tasks still exiting after the wait"
+            );
+        }
         frozen
     };
     tracing::info!(

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "dumper",
+    version,
     about = "Checkpoint a live process tree into CRIU-format images"
 )]
 struct Cli {
@@ -22,10 +23,12 @@ enum Command {
         /// Root of the tree.
         #[arg(short = 't', long = "tree")]
         pid: i32,
-        /// Image directory.
+        /// Image directory (created if missing; refused if it already holds images).
         #[arg(short = 'D', long = "images-dir")]
         dir: PathBuf,
-        /// Resume the tree after the dump (default: kill it).
+        /// Resume the tree after the dump (default: kill it, then wait up to 5 s until
+        /// every killed task has exited; the dumper is not their parent, so their pids
+        /// are free for a restore only once the parent reaps them).
         #[arg(long)]
         leave_running: bool,
         /// The tree is a shell job attached to a terminal.
@@ -96,7 +99,17 @@ fn leave_tree(root: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dumper: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     if let Some(Command::Dump { pid, .. }) = Cli::try_parse().ok().map(|c| c.command)
         && in_tree_of(std::process::id() as i32, pid)
     {
