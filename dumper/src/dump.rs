@@ -41,6 +41,7 @@ use crate::tree::{FreezeError, FrozenTree, TaskInfo};
 use crate::vma::{self, SmapsError};
 use cryo_pageserver::client::Client;
 use cryo_pageserver::protocol::DstId;
+use cryo_pageserver::record::CheckpointRecord;
 
 /// How long a default-kill dump waits for the killed tasks to exit.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -100,6 +101,8 @@ pub enum DumpError {
     PagesImage(#[from] PagesWriteError),
     #[error(transparent)]
     PageServer(#[from] cryo_pageserver::client::ClientError),
+    #[error(transparent)]
+    PageServerRecord(#[from] cryo_pageserver::record::RecordError),
     #[error("process {pid}: cannot read {what}")]
     Proc {
         pid: i32,
@@ -261,15 +264,42 @@ fn read_link(pid: i32, what: &str) -> Result<String, DumpError> {
         })
 }
 
+/// Connects to the page server and negotiates cryo's extensions, which tell the id the
+/// checkpoint gets. A CRIU page server drops a session on the unknown HELLO: then reconnect
+/// and dump without an id (the restorer will need `--checkpoint`).
+fn connect_page_server(addr: std::net::SocketAddr) -> Result<(Client, Option<u64>), DumpError> {
+    let mut client = Client::connect(addr)?;
+    match client.hello() {
+        Ok(hello) => {
+            tracing::info!(peer = %addr, checkpoint = hello.checkpoint_id, "page server checkpoint");
+            Ok((client, Some(hello.checkpoint_id)))
+        }
+        Err(e) => {
+            tracing::warn!(
+                peer = %addr,
+                error = %e,
+                "page server does not speak cryo extensions; the dump records no checkpoint id"
+            );
+            drop(client);
+            Ok((Client::connect(addr)?, None))
+        }
+    }
+}
+
 /// Dumps the tree rooted at `opts.pid` into `opts.dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
     let started = Instant::now();
     let mut cleanup = Cleanup::prepare(&opts.dir)?;
     let set = ImageSet::create(&opts.dir)?;
 
-    let mut server = match opts.page_server {
-        Some(addr) => Some(Client::connect(addr)?),
-        None => None,
+    let (mut server, checkpoint_id) = match opts.page_server {
+        Some(addr) => {
+            // A record left by an earlier attempt would name another dump's checkpoint.
+            CheckpointRecord::remove(&opts.dir)?;
+            let (client, id) = connect_page_server(addr)?;
+            (Some(client), id)
+        }
+        None => (None, None),
     };
     let tree = FrozenTree::freeze(opts.pid)?;
     let frozen_at = Instant::now();
@@ -338,8 +368,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
     }
 
     if let Some(client) = server.take() {
+        let peer = client.peer();
         // The server has every page durably once CLOSE is acknowledged.
         client.close()?;
+        // Tie DIR to its checkpoint (before the inventory, which marks the set complete).
+        if let Some(checkpoint) = checkpoint_id {
+            CheckpointRecord { checkpoint, peer }.write(&opts.dir)?;
+        }
     }
     set.write_one("timens-0.img", well_known::timens(), &timens)?;
     let stats = StatsEntry {

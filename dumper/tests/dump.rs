@@ -397,6 +397,11 @@ fn pages_stream_to_a_page_server_and_export_back_to_the_pattern() {
     let Some(Ok(SessionEnd::Committed(info))) = end else {
         panic!("session ended with {end:?}")
     };
+    // The directory names its checkpoint (the restorer reads it back).
+    let record = cryo_pageserver::record::CheckpointRecord::read(dir.path())
+        .unwrap()
+        .expect("a page-server checkpoint record");
+    assert_eq!((record.checkpoint, record.peer), (info.id, addr));
     export_checkpoint(&store, info.id, dir.path(), &ExportOptions::default()).unwrap();
     let mem = MemoryView::open_pid(dir.path(), pid as u32).unwrap();
     for i in [0u64, 77, (8 << 20) / 8 - 1] {
@@ -406,6 +411,73 @@ fn pages_stream_to_a_page_server_and_export_back_to_the_pattern() {
             "word {i}"
         );
     }
+}
+
+/// A page server that speaks only CRIU's protocol: like `criu page-server`, it drops a
+/// session on an unknown command (cryo's HELLO) and serves the next one. Returns the
+/// address and a handle yielding the pages stored by the session that CLOSEd.
+fn criu_like_server() -> (std::net::SocketAddr, std::thread::JoinHandle<u64>) {
+    use cryo_pageserver::protocol::{Command as Cmd, HEADER_SIZE, parse_header};
+    use std::io::{Read, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut pages = 0;
+            loop {
+                let mut head = [0u8; HEADER_SIZE];
+                if conn.read_exact(&mut head).is_err() {
+                    break;
+                }
+                let Ok(req) = parse_header(&head) else { break };
+                match req.command {
+                    Cmd::CryoHello | Cmd::CryoSetParent | Cmd::CryoUseCheckpoint => break,
+                    Cmd::Open2 => conn.write_all(&[0]).unwrap(),
+                    Cmd::Parent => conn.write_all(&0i32.to_le_bytes()).unwrap(),
+                    Cmd::Close => {
+                        conn.write_all(&0i32.to_le_bytes()).unwrap();
+                        return pages;
+                    }
+                    _ => {
+                        let mut data = vec![0u8; req.payload_len() as usize];
+                        conn.read_exact(&mut data).unwrap();
+                        pages += req.payload_len() / 4096;
+                    }
+                }
+            }
+        }
+        0
+    });
+    (addr, handle)
+}
+
+#[test]
+fn a_criu_page_server_gets_the_pages_and_the_dir_records_no_checkpoint() {
+    let (addr, server) = criu_like_server();
+    let w = Workload::counter(4).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A record from an earlier dump into this directory must not survive.
+    std::fs::write(
+        dir.path().join(cryo_pageserver::record::FILE),
+        "checkpoint=9 peer=127.0.0.1:1\n",
+    )
+    .unwrap();
+    let mut o = opts(w.pid(), dir.path(), true);
+    o.page_server = Some(addr);
+    dump(&o).unwrap();
+    assert!(dir.path().join("inventory.img").exists());
+    assert!(
+        server.join().unwrap() >= (4 << 20) / 4096,
+        "the pages went to the server"
+    );
+    assert_eq!(
+        cryo_pageserver::record::CheckpointRecord::read(dir.path()).unwrap(),
+        None
+    );
 }
 
 #[test]

@@ -6,9 +6,11 @@
 //! - [`server`]: the tokio server feeding the store and answering GETs.
 //! - [`export`]: writing a stored checkpoint as `pagemap-*.img` + `pages-*.img`.
 //! - [`client`]: the std-only client (`open2`, `add_pages`, `add_from_fd`, `get`, `close`).
+//! - [`record`]: `DIR/page-server-checkpoint`, which ties an image directory to its checkpoint.
 
 pub mod client;
 pub mod export;
 pub mod protocol;
+pub mod record;
 pub mod server;
 pub mod store;

@@ -41,9 +41,11 @@
 //! checkpoint and pid. The restorer needs a cryo `pageserver` (it negotiates cryo's
 //! extensions to select a checkpoint and to be told plainly of a missing page).
 //!
-//! - Checkpoint: `--checkpoint ID`, or by default the newest committed checkpoint that
-//!   holds every process of the tree (it has the page under each leader's dumped stack
-//!   pointer). Either way a checkpoint lacking a process is refused.
+//! - Checkpoint: the one the dumper recorded in `DIR/page-server-checkpoint` (its id, told
+//!   by the server's HELLO). `--checkpoint ID` is needed when DIR records none (a dump
+//!   through a CRIU page server); one that differs from the record is refused, and without
+//!   either nothing is guessed: the restore is refused. A checkpoint lacking a process (it
+//!   has no page under the leader's dumped stack pointer) is refused.
 //! - Ranges: the runs of `DIR/pagemap-PID.img` when there is one (every listed page must
 //!   come back); otherwise every VMA that takes pages is walked with GET, since the
 //!   protocol has no query listing a checkpoint's ranges (an empty answer = a page that
@@ -110,8 +112,9 @@ enum Command {
         /// the tree was dumped to with `dumper dump --page-server`).
         #[arg(long, value_name = "ADDR:PORT")]
         page_server: Option<String>,
-        /// The page server's checkpoint to read (default: the newest committed
-        /// checkpoint that holds every process of the tree).
+        /// The page server's checkpoint to read (default: the one DIR records in
+        /// `page-server-checkpoint`; required when DIR records none, refused when it
+        /// differs from the record).
         #[arg(long, value_name = "ID", requires = "page_server")]
         checkpoint: Option<u64>,
     },

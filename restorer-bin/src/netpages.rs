@@ -8,12 +8,15 @@
 //! 1. **Connect** and send cryo's HELLO, which lets us select a checkpoint
 //!    (`USE_CHECKPOINT`) and makes the server answer a GET for a page it lacks with zero
 //!    pages instead of dropping the connection.
-//! 2. **Choose the checkpoint.** `--checkpoint ID` names it. Without it, the newest
-//!    committed checkpoint that holds *every* process of the tree is used: ids are walked
-//!    down from the newest (HELLO tells the id the next checkpoint gets, so every committed
-//!    one is below it) and a checkpoint holds a process when the server has the page under
-//!    its leader's dumped stack pointer — a page the process certainly touched, so it is
-//!    certainly dumped. The same check runs on an explicit `--checkpoint`.
+//! 2. **Choose the checkpoint.** The dumper records the id of the checkpoint it sent the
+//!    pages to in `DIR/page-server-checkpoint` (`cryo_pageserver::record`); that one is used.
+//!    `--checkpoint ID` names it when the directory records none (a dump through a CRIU
+//!    page server or by `criu dump`); a `--checkpoint` that differs from the recorded id is
+//!    refused, and so is a directory without a record and without `--checkpoint`: the
+//!    pages of another dump of the same process would restore silently with the wrong
+//!    registers. The chosen checkpoint must then hold *every* process of the tree: it holds
+//!    a process when the server has the page under its leader's dumped stack pointer — a
+//!    page the process certainly touched, so it is certainly dumped.
 //! 3. **Fetch.** With a `pagemap-PID.img` in the directory, each of its runs is asked for
 //!    and every page of it must arrive. Without one (the usual case), the protocol offers
 //!    no query for the ranges a checkpoint holds, so every page-taking VMA is walked with
@@ -37,6 +40,7 @@ use std::time::{Duration, Instant};
 use cryo_format::PagemapId;
 use cryo_format::pagemap::Pagemap;
 use cryo_pageserver::client::{Client, ClientError, Hello};
+use cryo_pageserver::record::{self, CheckpointRecord, RecordError};
 
 use crate::memory::PAGE;
 use crate::plan::{ProcessPlan, vma_takes_pages};
@@ -53,8 +57,6 @@ const PARALLEL_FROM: u64 = 16 * 1024;
 const CHUNK_PAGES: u64 = 4096;
 /// GETs for one process above which the walk is reported as slow.
 const SLOW_WALK: u64 = 16 * 1024;
-/// How many checkpoint ids below the newest the default choice looks at.
-const MAX_WALK: u64 = 4096;
 
 /// Errors of fetching pages from a page server; all name the peer.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +71,23 @@ pub enum NetPagesError {
     #[error("page server {peer}: checkpoint {checkpoint} does not exist")]
     NoCheckpoint { peer: SocketAddr, checkpoint: u64 },
     #[error(
-        "page server {peer}: no committed checkpoint holds pages of every process {pids:?} \
-         (looked for the page under each leader's stack pointer)"
+        "{dir} records no page-server checkpoint ({file} is missing: dumped by CRIU or through \
+         a CRIU page server?); pass --checkpoint ID to name the checkpoint holding this dump's \
+         pages"
     )]
-    NoneHolds { peer: SocketAddr, pids: Vec<i32> },
+    NoRecord { dir: String, file: &'static str },
+    #[error(
+        "--checkpoint {given} does not match checkpoint {recorded} recorded in {path} (dumped \
+         through {recorded_peer}): its pages belong to another dump"
+    )]
+    Mismatch {
+        given: u64,
+        recorded: u64,
+        recorded_peer: SocketAddr,
+        path: String,
+    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error(
         "page server {peer}: checkpoint {checkpoint} has no page of pid {pid} at vaddr \
          {vaddr:#x} ({why})"
@@ -126,52 +141,33 @@ pub struct PageServer {
 }
 
 impl PageServer {
-    /// Connects to `peer` and selects `checkpoint`, or by default the newest checkpoint that
-    /// holds every process of `procs`; checks either way that it holds them.
+    /// Connects to `peer` and selects the checkpoint of the dump in `dir` (see
+    /// [`checkpoint_of`]); checks that it holds every process of `procs`.
     pub fn connect(
         peer: SocketAddr,
+        dir: &Path,
         checkpoint: Option<u64>,
         procs: &[ProcessPlan],
     ) -> Result<Self, NetPagesError> {
+        let id = checkpoint_of(dir, peer, checkpoint)?;
         let (mut s, hello) = Self::open(peer)?;
         tracing::debug!(%peer, version = hello.version, next = hello.checkpoint_id, "page server hello");
-        match checkpoint {
-            Some(id) => {
-                if !s.select(id)? {
-                    return Err(NetPagesError::NoCheckpoint {
-                        peer,
-                        checkpoint: id,
-                    });
-                }
-                if let Some(pid) = s.first_missing(procs)? {
-                    let vaddr = stack_page(&procs[pid]);
-                    return Err(NetPagesError::Missing {
-                        peer,
-                        checkpoint: id,
-                        pid: procs[pid].pid,
-                        vaddr,
-                        why: "the page under its stack pointer: the checkpoint does not hold \
-                              this process",
-                    });
-                }
-            }
-            None => {
-                let newest = hello.checkpoint_id.saturating_sub(1);
-                let lowest = newest.saturating_sub(MAX_WALK).max(1);
-                let mut found = None;
-                for id in (lowest..=newest).rev() {
-                    if s.select(id)? && s.first_missing(procs)?.is_none() {
-                        found = Some(id);
-                        break;
-                    }
-                }
-                if found.is_none() {
-                    return Err(NetPagesError::NoneHolds {
-                        peer,
-                        pids: procs.iter().map(|p| p.pid).collect(),
-                    });
-                }
-            }
+        if !s.select(id)? {
+            return Err(NetPagesError::NoCheckpoint {
+                peer,
+                checkpoint: id,
+            });
+        }
+        if let Some(pid) = s.first_missing(procs)? {
+            let vaddr = stack_page(&procs[pid]);
+            return Err(NetPagesError::Missing {
+                peer,
+                checkpoint: id,
+                pid: procs[pid].pid,
+                vaddr,
+                why: "the page under its stack pointer: the checkpoint does not hold this \
+                      process",
+            });
         }
         tracing::info!(%peer, checkpoint = s.checkpoint, "pages come from the page server");
         Ok(s)
@@ -457,6 +453,40 @@ impl PageServer {
     }
 }
 
+/// The checkpoint holding the pages of the dump in `dir`: the one `dir` records, or
+/// `given` (`--checkpoint`) when it records none. Refuses a `given` that differs from the
+/// record, and a directory without a record when nothing is given (never guesses).
+pub fn checkpoint_of(
+    dir: &Path,
+    peer: SocketAddr,
+    given: Option<u64>,
+) -> Result<u64, NetPagesError> {
+    match (CheckpointRecord::read(dir)?, given) {
+        (Some(rec), Some(given)) if rec.checkpoint != given => Err(NetPagesError::Mismatch {
+            given,
+            recorded: rec.checkpoint,
+            recorded_peer: rec.peer,
+            path: dir.join(record::FILE).display().to_string(),
+        }),
+        (Some(rec), _) => {
+            if rec.peer != peer {
+                tracing::warn!(
+                    %peer,
+                    recorded = %rec.peer,
+                    checkpoint = rec.checkpoint,
+                    "the dump went to another address; reading its checkpoint id from this one"
+                );
+            }
+            Ok(rec.checkpoint)
+        }
+        (None, Some(given)) => Ok(given),
+        (None, None) => Err(NetPagesError::NoRecord {
+            dir: dir.display().to_string(),
+            file: record::FILE,
+        }),
+    }
+}
+
 /// The page under the leader's dumped stack pointer.
 fn stack_page(p: &ProcessPlan) -> u64 {
     let sp = p.threads[0]
@@ -470,6 +500,30 @@ fn stack_page(p: &ProcessPlan) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_comes_from_the_record() {
+        let dir = std::env::temp_dir().join(format!("cryo-netpages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let peer: SocketAddr = "127.0.0.1:27027".parse().unwrap();
+        let err = checkpoint_of(&dir, peer, None).unwrap_err().to_string();
+        assert!(err.contains("--checkpoint ID"), "{err}");
+        assert_eq!(checkpoint_of(&dir, peer, Some(7)).unwrap(), 7);
+        CheckpointRecord {
+            checkpoint: 3,
+            peer,
+        }
+        .write(&dir)
+        .unwrap();
+        assert_eq!(checkpoint_of(&dir, peer, None).unwrap(), 3);
+        assert_eq!(checkpoint_of(&dir, peer, Some(3)).unwrap(), 3);
+        let err = checkpoint_of(&dir, peer, Some(7)).unwrap_err().to_string();
+        assert!(
+            err.contains("--checkpoint 7") && err.contains("checkpoint 3"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn fetched_runs_merge_when_contiguous() {

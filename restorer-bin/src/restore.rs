@@ -80,7 +80,8 @@ pub struct Options<'a> {
     pub shell_job: bool,
     /// Take private pages from this page server instead of the directory's pages images.
     pub page_server: Option<std::net::SocketAddr>,
-    /// The server's checkpoint to read (default: the newest holding every process).
+    /// The server's checkpoint to read (default: the one `dir` records; required when it
+    /// records none).
     pub checkpoint: Option<u64>,
 }
 
@@ -155,7 +156,7 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
         ),
         Some(peer) => {
             let fetch_started = Instant::now();
-            let mut server = PageServer::connect(peer, opts.checkpoint, &plan.processes)?;
+            let mut server = PageServer::connect(peer, opts.dir, opts.checkpoint, &plan.processes)?;
             let fetched = server.fetch_all(opts.dir, &plan.processes)?;
             let checkpoint = server.checkpoint();
             server.close();

@@ -117,7 +117,7 @@ fn page_server_dump_helper() {
     cryo_dumper::dump(&cryo_dumper::DumpOptions {
         pid,
         dir: dir.into(),
-        leave_running: false,
+        leave_running: std::env::var_os("CRYO_TEST_LEAVE_RUNNING").is_some(),
         shell_job: false,
         page_server: server.map(|s| s.parse().unwrap()),
     })
@@ -144,6 +144,11 @@ fn dump_to_server(w: &mut Workload, dir: &Path, server: &PageServer) {
 /// Dumps the workload's tree (pages to `server`, or into `dir`) in a process of its
 /// own, then waits until the tree's pids are free again.
 fn dump_in_helper(w: &mut Workload, dir: &Path, server: Option<&PageServer>) {
+    dump_with(w, dir, server, false);
+}
+
+/// Like [`dump_in_helper`]; with `leave_running` the tree runs on after the dump.
+fn dump_with(w: &mut Workload, dir: &Path, server: Option<&PageServer>, leave_running: bool) {
     let pids = w.tree_pids();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
@@ -157,6 +162,9 @@ fn dump_in_helper(w: &mut Workload, dir: &Path, server: Option<&PageServer>) {
     if let Some(server) = server {
         cmd.env("CRYO_TEST_PAGE_SERVER", server.addr());
     }
+    if leave_running {
+        cmd.env("CRYO_TEST_LEAVE_RUNNING", "1");
+    }
     let out = run_bounded(cmd, Duration::from_secs(60));
     assert!(
         out.status.success() && dir.join("inventory.img").exists(),
@@ -166,6 +174,9 @@ fn dump_in_helper(w: &mut Workload, dir: &Path, server: Option<&PageServer>) {
         String::from_utf8_lossy(&out.stderr),
         server.map(PageServer::log_text).unwrap_or_default()
     );
+    if leave_running {
+        return;
+    }
     w.wait_exit(WAIT);
     let deadline = Instant::now() + WAIT;
     while let Some(pid) = taken(&pids) {
@@ -277,9 +288,16 @@ fn pagemap_in_the_dir_gives_the_ranges_and_a_page_the_server_lacks_is_an_error()
         server.addr()
     );
     assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+    // The directory was not dumped through the server, so it records no checkpoint: the
+    // restorer asks for one instead of guessing.
+    let err = restore_fails(images.path(), &["--page-server", &server.addr()]);
+    assert!(err.contains("pass --checkpoint ID"), "{err}");
     assert_eq!(taken(&[pid]), None, "a failed restore left {pid} behind");
 
-    let root = restore_detached(images.path(), &["--page-server", &server.addr()]);
+    let root = restore_detached(
+        images.path(),
+        &["--page-server", &server.addr(), "--checkpoint", "2"],
+    );
     let _guard = TreeGuard::new(root);
     assert_eq!(root, pid);
     assert_counter_continues(w.log_path(), pid, last);
@@ -320,23 +338,23 @@ fn page_server_errors_name_the_peer_and_restore_nothing() {
     wait_tick_after(w.log_path(), pid, 1, WAIT).unwrap();
     dump_to_server(&mut w, images.path(), &server);
 
-    // A checkpoint that does not exist.
+    // The directory records checkpoint 1; another one is refused.
+    let recorded = recorded_checkpoint(images.path());
+    assert_eq!(recorded, 1);
     let err = restore_fails(
         images.path(),
         &["--page-server", &server.addr(), "--checkpoint", "4242"],
     );
     assert!(
-        err.contains(&format!("page server {}", server.addr()))
-            && err.contains("checkpoint 4242 does not exist"),
+        err.contains("--checkpoint 4242 does not match checkpoint 1"),
         "{err}"
     );
-    // A server that never saw this tree.
+    // A server that never saw this tree lacks the recorded checkpoint.
     let empty = PageServer::start();
     let err = restore_fails(images.path(), &["--page-server", &empty.addr()]);
     assert!(
         err.contains(&format!("page server {}", empty.addr()))
-            && err.contains("no committed checkpoint holds")
-            && err.contains(&pid.to_string()),
+            && err.contains("checkpoint 1 does not exist"),
         "{err}"
     );
     // Nobody listening.
@@ -367,4 +385,104 @@ fn threads_keep_their_tids_with_pages_from_the_page_server() {
     let _guard = TreeGuard::new(root);
     assert_eq!(cryo_fixtures::thread_ids(root), tids);
     assert_counter_continues(w.log_path(), pid, last);
+}
+
+/// The checkpoint id the dumper recorded in `dir`.
+fn recorded_checkpoint(dir: &Path) -> u64 {
+    cryo_pageserver::record::CheckpointRecord::read(dir)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{} records no checkpoint", dir.display()))
+        .checkpoint
+}
+
+/// Two dumps of one process through one server: restoring the older directory takes the
+/// older checkpoint's pages (the ones its registers belong to), not the newest checkpoint.
+#[test]
+fn an_older_dump_restores_with_its_own_checkpoint_not_the_newest() {
+    let server = PageServer::start();
+    let mut w = Workload::counter(8).unwrap();
+    let pid = w.pid();
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    // First dump, leaving the counter running: it was frozen at a tick in [before, after].
+    let before = last_tick_of(w.log_path(), pid).unwrap();
+    dump_with(&mut w, first.path(), Some(&server), true);
+    let after = last_tick_of(w.log_path(), pid).unwrap();
+    assert!(local_page_images(first.path()).is_empty());
+    // Let it run well past the first dump, then dump again (killing it).
+    wait_tick_after(w.log_path(), pid, after + 3, WAIT).unwrap();
+    dump_to_server(&mut w, second.path(), &server);
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    assert!(last > after + 3);
+
+    let (id1, id2) = (
+        recorded_checkpoint(first.path()),
+        recorded_checkpoint(second.path()),
+    );
+    assert!(id1 < id2, "checkpoints {id1} and {id2}");
+    let record = std::fs::read_to_string(first.path().join("page-server-checkpoint")).unwrap();
+    assert_eq!(record, format!("checkpoint={id1} peer={}\n", server.addr()));
+
+    // The first directory with the second checkpoint is refused, naming both.
+    let err = restore_fails(
+        first.path(),
+        &[
+            "--page-server",
+            &server.addr(),
+            "--checkpoint",
+            &id2.to_string(),
+        ],
+    );
+    assert!(
+        err.contains(&format!(
+            "--checkpoint {id2} does not match checkpoint {id1}"
+        )),
+        "{err}"
+    );
+    // A directory whose record is gone is refused with the --checkpoint hint.
+    std::fs::remove_file(second.path().join("page-server-checkpoint")).unwrap();
+    let err = restore_fails(second.path(), &["--page-server", &server.addr()]);
+    assert!(
+        err.contains("records no page-server checkpoint") && err.contains("--checkpoint ID"),
+        "{err}"
+    );
+    assert_eq!(taken(&[pid]), None, "a failed restore left {pid} behind");
+
+    // The first directory resumes from the first dump's tick, memory intact.
+    let seen = std::fs::read_to_string(w.log_path()).unwrap().len();
+    let root = restore_detached(first.path(), &["--page-server", &server.addr()]);
+    let _guard = TreeGuard::new(root);
+    assert_eq!(root, pid);
+    let deadline = Instant::now() + WAIT;
+    let ticks = loop {
+        let text = std::fs::read_to_string(w.log_path()).unwrap();
+        let lines: Vec<&str> = text[seen..]
+            .lines()
+            .filter(|l| field(l, "pid") == Some(pid.to_string().as_str()))
+            .collect();
+        if lines.len() >= 4 {
+            for l in &lines {
+                assert_eq!(field(l, "bad"), Some("0"), "memory pattern broken: {l}");
+            }
+            break lines
+                .iter()
+                .filter_map(|l| cryo_fixtures::parse_tick(l))
+                .collect::<Vec<u64>>();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored counter did not tick:\n{}",
+            &text[seen..]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        (before + 1..=after + 1).contains(&ticks[0]),
+        "resumed at tick {} (first dump between {before} and {after}, second at {last})",
+        ticks[0]
+    );
+    let expected: Vec<u64> = (ticks[0]..ticks[0] + ticks.len() as u64).collect();
+    assert_eq!(ticks, expected);
 }
