@@ -131,6 +131,7 @@ fn is_image_name(name: &str) -> bool {
         || name.ends_with(".cryo-tmp")
         || name == "stats-dump"
         || name == "stats-restore"
+        || name == cryo_pageserver::record::FILE
 }
 
 /// Names in `dir` (empty if it cannot be read).

@@ -74,6 +74,14 @@ fn a_directory_holding_a_stale_image_is_refused_and_the_image_kept() {
     let err = dump(&opts(w.pid(), dir2.path(), true)).unwrap_err();
     assert!(matches!(err, DumpError::StaleImages { .. }), "{err}");
     assert_eq!(names(dir2.path()), ["stats-dump"]);
+
+    // So does the page-server record of an earlier dump: it would tie DIR to its checkpoint.
+    let dir3 = tempfile::tempdir().unwrap();
+    let record = dir3.path().join(cryo_pageserver::record::FILE);
+    std::fs::write(&record, b"checkpoint=9 peer=127.0.0.1:1\n").unwrap();
+    let err = dump(&opts(w.pid(), dir3.path(), true)).unwrap_err();
+    assert!(matches!(err, DumpError::StaleImages { .. }), "{err}");
+    assert!(record.exists());
 }
 
 #[test]

@@ -460,12 +460,6 @@ fn a_criu_page_server_gets_the_pages_and_the_dir_records_no_checkpoint() {
     let (addr, server) = criu_like_server();
     let w = Workload::counter(4).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // A record from an earlier dump into this directory must not survive.
-    std::fs::write(
-        dir.path().join(cryo_pageserver::record::FILE),
-        "checkpoint=9 peer=127.0.0.1:1\n",
-    )
-    .unwrap();
     let mut o = opts(w.pid(), dir.path(), true);
     o.page_server = Some(addr);
     dump(&o).unwrap();
