@@ -128,10 +128,14 @@ impl Set {
         read_entries(&self.dir.join(name), 0)
     }
 
-    fn load_files(&mut self) -> Result<()> {
+    /// The same set with `files.img` loaded, for explorers that describe file objects.
+    fn with_files(&self) -> Result<Set> {
         let files = self.all::<FileEntry>("files.img")?;
-        self.files = Some(files.into_iter().map(|f| (f.id, f)).collect());
-        Ok(())
+        Ok(Set {
+            dir: self.dir.clone(),
+            tree: self.tree.clone(),
+            files: Some(files.into_iter().map(|f| (f.id, f)).collect()),
+        })
     }
 
     /// crit's description of the file object `id` of type `kind`.
@@ -191,13 +195,7 @@ fn ps(set: &Set) -> Result<String> {
 }
 
 fn fds(set: &Set) -> Result<String> {
-    let mut set_files = Set {
-        dir: set.dir.clone(),
-        tree: set.tree.clone(),
-        files: None,
-    };
-    set_files.load_files()?;
-    let set = &set_files;
+    let set = &set.with_files()?;
 
     let mut out = String::new();
     for p in &set.tree {
@@ -216,13 +214,7 @@ fn fds(set: &Set) -> Result<String> {
 }
 
 fn mems(set: &Set) -> Result<String> {
-    let mut set_files = Set {
-        dir: set.dir.clone(),
-        tree: set.tree.clone(),
-        files: None,
-    };
-    set_files.load_files()?;
-    let set = &set_files;
+    let set = &set.with_files()?;
 
     // Shared memory ids are renumbered 1, 2, 3... in order of first appearance.
     let mut shm_ids: HashMap<u64, u64> = HashMap::new();
@@ -284,13 +276,7 @@ fn mems(set: &Set) -> Result<String> {
 }
 
 fn rss(set: &Set) -> Result<String> {
-    let mut set_files = Set {
-        dir: set.dir.clone(),
-        tree: set.tree.clone(),
-        files: None,
-    };
-    set_files.load_files()?;
-    let set = &set_files;
+    let set = &set.with_files()?;
 
     let mut out = String::new();
     for p in &set.tree {
