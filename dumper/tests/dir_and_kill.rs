@@ -116,24 +116,11 @@ fn a_failed_dump_removes_the_directories_it_created() {
     // After images were written: the netlink socket fails the dump in the fd scan of
     // a tree with some images already out.
     let script = "import socket,time\ns=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nprint('ready',flush=True)\ntime.sleep(60)";
-    let mut child = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let pid = child.id() as i32;
+    let child = ReadyChild::spawn(Command::new("/usr/bin/python3").arg("-c").arg(script));
+    let pid = child.pid();
     let fresh = base.path().join("fresh");
     let result = dump(&opts(pid, &fresh, true));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(result.is_err());
     assert!(
         !fresh.exists(),

@@ -626,23 +626,12 @@ fn a_posix_timer_is_dumped_with_its_signal_and_interval() {
         .status()
         .unwrap();
     assert!(gcc.success());
-    let mut child = Command::new(&bin)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let pid = child.id() as i32;
+    let child = ReadyChild::spawn(&mut Command::new(&bin));
+    let pid = child.pid();
 
     let img = dir.path().join("img");
     let result = dump(&opts(pid, &img, true));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     result.unwrap();
 
     let set = ImageSet::open(&img).unwrap();

@@ -14,20 +14,8 @@ use common::*;
 #[test]
 fn a_netlink_socket_fails_the_dump_and_leaves_the_tree_untouched() {
     let script = "import socket,time\ns=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nprint('ready',flush=True)\ntime.sleep(60)";
-    let mut child = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let pid = child.id() as i32;
+    let mut child = ReadyChild::spawn(Command::new("/usr/bin/python3").arg("-c").arg(script));
+    let pid = child.pid();
     let (maps_before, fds_before) = (maps(pid), fd_list(pid));
     let dir = tempfile::tempdir().unwrap();
 
@@ -54,9 +42,7 @@ fn a_netlink_socket_fails_the_dump_and_leaves_the_tree_untouched() {
     assert_eq!(maps(pid), maps_before);
     assert_eq!(fd_list(pid), fds_before);
     assert_eq!(tracer_of(pid), "TracerPid:\t0");
-    assert!(child.try_wait().unwrap().is_none(), "still running");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(child.is_running(), "still running");
 }
 
 #[test]
@@ -147,21 +133,13 @@ fn a_mapping_of_a_deleted_file_fails_the_dump_by_name() {
     let path = dir.path().join("gone");
     let script = "import mmap,os,sys,time\nf=open(sys.argv[1],'w+b')\nf.write(b'a'*4096)\nf.flush()\n\
                   m=mmap.mmap(f.fileno(),4096)\nf.close()\nos.unlink(sys.argv[1])\nprint('ready',flush=True)\ntime.sleep(60)";
-    let mut child = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let pid = child.id() as i32;
+    let mut child = ReadyChild::spawn(
+        Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&path),
+    );
+    let pid = child.pid();
     let img = dir.path().join("img");
     let err = dump(&opts(pid, &img, false)).unwrap_err();
     let msg = err.to_string();
@@ -171,9 +149,7 @@ fn a_mapping_of_a_deleted_file_fails_the_dump_by_name() {
         "{msg}"
     );
     assert!(!img.join("inventory.img").exists());
-    assert!(child.try_wait().unwrap().is_none());
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(child.is_running());
 }
 
 #[test]
@@ -198,20 +174,16 @@ fn an_io_uring_fd_fails_the_dump_naming_pid_fd_and_kind() {
             .unwrap()
             .success()
     );
-    let mut child = Command::new(&bin)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
+    let mut child = ReadyChild::spawn(&mut Command::new(&bin));
+    let fd: i32 = child
+        .first_line
+        .trim()
+        .strip_prefix("ready ")
+        .unwrap()
+        .parse()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let fd: i32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
-    assert!(fd >= 0, "io_uring_setup failed: {line}");
-    let pid = child.id() as i32;
+    assert!(fd >= 0, "io_uring_setup failed: {}", child.first_line);
+    let pid = child.pid();
     let (maps_before, fds_before) = (maps(pid), fd_list(pid));
 
     let img = dir.path().join("img");
@@ -231,9 +203,7 @@ fn an_io_uring_fd_fails_the_dump_naming_pid_fd_and_kind() {
     assert_eq!(maps(pid), maps_before);
     assert_eq!(fd_list(pid), fds_before);
     assert_eq!(tracer_of(pid), "TracerPid:\t0");
-    assert!(child.try_wait().unwrap().is_none());
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(child.is_running());
 }
 
 #[test]

@@ -100,3 +100,46 @@ pub fn region_start(w: &Workload) -> u64 {
     let region = cryo_fixtures::field(&line, "region").unwrap();
     u64::from_str_radix(region.trim_start_matches("0x"), 16).unwrap()
 }
+
+/// A program started for a test, killed and reaped when dropped (also when the test panics).
+pub struct ReadyChild {
+    child: std::process::Child,
+    /// What the program printed first: it prints once it is ready to be dumped.
+    pub first_line: String,
+}
+
+impl ReadyChild {
+    /// Starts `cmd` with stdout piped and returns once it has printed its first line.
+    pub fn spawn(cmd: &mut std::process::Command) -> ReadyChild {
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the test program");
+        let mut first_line = String::new();
+        let stdout = child.stdout.as_mut().expect("piped stdout");
+        let read =
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first_line);
+        let ready = ReadyChild { child, first_line };
+        read.expect("read the test program's first line");
+        ready
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("poll the test program")
+            .is_none()
+    }
+}
+
+impl Drop for ReadyChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
