@@ -159,25 +159,32 @@ fn criu_python3_set_restores_and_keeps_looping() {
     assert!(cmdline.starts_with(b"/usr/bin/python3\0-c\0"));
 }
 
-#[test]
-fn restorer_waits_and_dies_by_the_roots_signal() {
-    let _lock = lock_set("counter");
-    if skip_if_taken("counter", &[13131]) {
-        return;
-    }
+/// Restores CRIU's `counter` set (pid 13131) with a restorer that stays as the waiter, and
+/// returns it, with a guard on the restored tree, once the counter has logged a new line.
+fn restore_counter_and_wait() -> (std::process::Child, TreeGuard) {
     prepare_criu_files("counter", TICK_STDOUT);
     let log = Path::new(FX).join("counter.log");
     let before = line_count(&log);
 
     let mut cmd = restorer();
     cmd.args(["restore", "-D"]).arg(criu_set("counter"));
-    let mut child = cmd
+    let child = cmd
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let _guard = TreeGuard::new(13131);
+    let guard = TreeGuard::new(13131);
     wait_new_lines(&log, before, 1, Duration::from_secs(10));
+    (child, guard)
+}
+
+#[test]
+fn restorer_waits_and_dies_by_the_roots_signal() {
+    let _lock = lock_set("counter");
+    if skip_if_taken("counter", &[13131]) {
+        return;
+    }
+    let (mut child, _guard) = restore_counter_and_wait();
     assert_eq!(proc_status_field(13131, "PPid"), Some(child.id() as u64));
 
     // SAFETY: signalling the restored root, which this test owns.
@@ -315,19 +322,7 @@ fn signal_to_the_waiting_restorer_reaches_the_root() {
     if skip_if_taken("counter", &[13131]) {
         return;
     }
-    prepare_criu_files("counter", TICK_STDOUT);
-    let log = Path::new(FX).join("counter.log");
-    let before = line_count(&log);
-
-    let mut cmd = restorer();
-    cmd.args(["restore", "-D"]).arg(criu_set("counter"));
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = TreeGuard::new(13131);
-    wait_new_lines(&log, before, 1, Duration::from_secs(10));
+    let (mut child, _guard) = restore_counter_and_wait();
 
     // SAFETY: signalling the restorer this test started. (The dumped workload
     // ignores SIGINT and SIGQUIT, as background jobs do, so SIGTERM it is.)
