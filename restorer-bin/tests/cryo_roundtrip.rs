@@ -289,50 +289,93 @@ fn blocked_pending_signal_is_still_pending_after_restore() {
     );
 }
 
+/// `script` running `command` through `/bin/sh` on a fresh pseudo-terminal; killed
+/// (which hangs the terminal up) and reaped on drop.
+struct OnPty(std::process::Child);
+
+impl OnPty {
+    fn spawn(command: &str) -> Self {
+        // `script` runs `$SHELL -c`: pin the shell so that the session layout does
+        // not depend on who runs the tests.
+        let child = std::process::Command::new("script")
+            .args(["-qfc", command, "/dev/null"])
+            .env("SHELL", "/bin/sh")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        OnPty(child)
+    }
+}
+
+impl Drop for OnPty {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// Fields 5 (session) and 6 (controlling tty, as the kernel encodes it) of /proc/PID/stat.
+fn session_and_tty(pid: i32) -> (i32, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    (fields[3].parse().unwrap(), fields[4].parse().unwrap())
+}
+
+/// `st_rdev` of a terminal in /proc/PID/stat's `tty_nr` encoding.
+fn tty_nr_of(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(path).unwrap().rdev();
+    let (major, minor) = (libc::major(rdev) as u64, libc::minor(rdev) as u64);
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// A job of an interactive shell (in the shell's session, not leading one) is dumped
+/// with `--shell-job`, then restored by a restorer run from another terminal's shell:
+/// it joins that shell's session, with that terminal as its controlling tty and fds.
 #[test]
 fn shell_job_gets_the_restorers_terminal() {
     let work = tempfile::tempdir().unwrap();
     let log = work.path().join("log");
     let images = work.path().join("img");
-    // `script` gives the workload a pseudo-terminal on fds 0-2.
+    // `; exit` keeps the shell from exec'ing the counter: the counter is its job.
     let counter = cryo_fixtures::workload_bin("counter");
-    let mut script = std::process::Command::new("script");
-    script
-        .args([
-            "-qfc",
-            &format!("{} 8 {} 1", counter.display(), log.display()),
-            "/dev/null",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let mut holder = script.spawn().unwrap();
+    let mut holder = OnPty::spawn(&format!(
+        "{} 8 {} 1; exit",
+        counter.display(),
+        log.display()
+    ));
     let line = wait_for_log_line(&log, |l| l.starts_with("ready "), WAIT).unwrap();
     let pid: i32 = field(&line, "pid").unwrap().parse().unwrap();
     let _first = TreeGuard::new(pid);
     wait_tick_after(&log, pid, 1, WAIT).unwrap();
     let tty = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
     assert!(tty.starts_with("/dev/pts"), "{tty:?}");
+    let (sid, _) = session_and_tty(pid);
+    assert_ne!(
+        sid, pid,
+        "the counter must be a shell's job, not a session leader"
+    );
 
     dump_with(pid, &images, true);
-    wait_status(&mut holder, WAIT);
+    wait_status(&mut holder.0, WAIT);
     wait_gone(&[pid]);
     let last = last_tick_of(&log, pid).unwrap();
 
+    // The shell stays after the detached restorer is done, as a user's would.
     let pidfile = work.path().join("pid");
-    let restore = format!(
-        "{} restore -D {} --shell-job -d --pidfile {}",
+    let shell = OnPty::spawn(&format!(
+        "{} restore -D {} --shell-job -d --pidfile {} && exec sleep 60",
         env!("CARGO_BIN_EXE_restorer"),
         images.display(),
         pidfile.display()
-    );
-    let mut script = std::process::Command::new("script");
-    script.args(["-qfc", &restore, "/dev/null"]);
-    let out = run_bounded(script, WAIT);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    ));
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_to_string(&pidfile).map_or(true, |s| s.is_empty()) {
+        assert!(Instant::now() < deadline, "restore wrote no pidfile");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _guard = TreeGuard::new(pid);
     assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), pid.to_string());
 
@@ -340,4 +383,14 @@ fn shell_job_gets_the_restorers_terminal() {
     assert_consecutive(&ticks_after(&log, pid, last), last + 1);
     let tty = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
     assert!(tty.starts_with("/dev/pts"), "{tty:?}");
+    let (sid, ctty) = session_and_tty(pid);
+    let leader = session_and_tty(sid);
+    assert_eq!(
+        ctty,
+        tty_nr_of(&tty),
+        "fd 1 is not the controlling terminal"
+    );
+    assert_eq!(leader.1, ctty, "the session leader has another terminal");
+    assert_ne!(sid, pid);
+    drop(shell);
 }
