@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use crate::files::{FileTable, FilesError};
 use crate::ids::IdTable;
-use crate::pages::{self, ImageSink, PageServerSink, PageSink, PagesError};
+use crate::pages::{self, PagesError};
 use crate::parasite::{Parasite, ParasiteError};
 use crate::remote::{self, RemoteError, RemoteThread};
 use crate::task::{self, TaskError};
@@ -45,9 +45,6 @@ use cryo_pageserver::record::CheckpointRecord;
 
 /// How long a default-kill dump waits for the killed tasks to exit.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-
-/// Capacity of the page pipe (the default `/proc/sys/fs/pipe-max-size`).
-const PAGE_PIPE_CAPACITY: usize = 1 << 20;
 
 /// What to dump and how.
 #[derive(Debug, Clone)]
@@ -557,20 +554,16 @@ fn dump_process(
         "parasite state collected"
     );
     let mem_started = Instant::now();
-    parasite.open_page_pipe(PAGE_PIPE_CAPACITY)?;
     let moved = match server {
         Some(client) => {
             let dst = DstId::pid(pid as u64);
             client.open2(dst)?;
-            let mut sink = PageServerSink { client, dst };
-            pages::transfer(&mut parasite, &runs, &mut sink as &mut dyn PageSink)?
+            pages::send_direct(&mut parasite, &runs, client, dst)?
         }
         None => {
-            let writer = set.pages(PagemapId::Pid(pid as u32), pages_id)?;
-            let name = format!("pages-{pages_id}.img");
-            let mut sink = ImageSink { writer, name };
-            let moved = pages::transfer(&mut parasite, &runs, &mut sink as &mut dyn PageSink)?;
-            sink.writer.finish()?;
+            let mut writer = set.pages(PagemapId::Pid(pid as u32), pages_id)?;
+            let moved = pages::write_direct(&mut parasite, &runs, &mut writer)?;
+            writer.finish()?;
             moved
         }
     };

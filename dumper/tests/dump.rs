@@ -413,51 +413,9 @@ fn pages_stream_to_a_page_server_and_export_back_to_the_pattern() {
     }
 }
 
-/// A page server that speaks only CRIU's protocol: like `criu page-server`, it drops a
-/// session on an unknown command (cryo's HELLO) and serves the next one. Returns the
-/// address and a handle yielding the pages stored by the session that CLOSEd.
-fn criu_like_server() -> (std::net::SocketAddr, std::thread::JoinHandle<u64>) {
-    use cryo_pageserver::protocol::{Command as Cmd, HEADER_SIZE, parse_header};
-    use std::io::{Read, Write};
-
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let mut conn = conn.unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(30)))
-                .unwrap();
-            let mut pages = 0;
-            loop {
-                let mut head = [0u8; HEADER_SIZE];
-                if conn.read_exact(&mut head).is_err() {
-                    break;
-                }
-                let Ok(req) = parse_header(&head) else { break };
-                match req.command {
-                    Cmd::CryoHello | Cmd::CryoSetParent | Cmd::CryoUseCheckpoint => break,
-                    Cmd::Open2 => conn.write_all(&[0]).unwrap(),
-                    Cmd::Parent => conn.write_all(&0i32.to_le_bytes()).unwrap(),
-                    Cmd::Close => {
-                        conn.write_all(&0i32.to_le_bytes()).unwrap();
-                        return pages;
-                    }
-                    _ => {
-                        let mut data = vec![0u8; req.payload_len() as usize];
-                        conn.read_exact(&mut data).unwrap();
-                        pages += req.payload_len() / 4096;
-                    }
-                }
-            }
-        }
-        0
-    });
-    (addr, handle)
-}
-
 #[test]
 fn a_criu_page_server_gets_the_pages_and_the_dir_records_no_checkpoint() {
-    let (addr, server) = criu_like_server();
+    let (addr, server) = criu_like_server(None);
     let w = Workload::counter(4).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut o = opts(w.pid(), dir.path(), true);

@@ -8,7 +8,7 @@
 //! always has its data; an unfinished writer removes both temporary files.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::magic::well_known;
@@ -39,6 +39,14 @@ pub enum PagesWriteError {
     Overflow { vaddr: u64, nr_pages: u64 },
     #[error("pages source for {vaddr:#x} ended early: {got} of {want} bytes")]
     ShortSource { vaddr: u64, got: u64, want: u64 },
+    #[error("pages image {path} holds {len} bytes, its pagemap needs {want}")]
+    Size { path: PathBuf, len: u64, want: u64 },
+    #[error("run at {vaddr:#x} still lacks {left} bytes of its pages")]
+    Owed { vaddr: u64, left: u64 },
+    #[error("{len} bytes of pages with no run started for them")]
+    Unowed { len: u64 },
+    #[error("run at {vaddr:#x}: {len} bytes offered, only {left} left to write")]
+    TooMuch { vaddr: u64, len: u64, left: u64 },
 }
 
 /// What a finished `PagesWriter` wrote.
@@ -50,6 +58,13 @@ pub struct PagesSummary {
     pub entries: usize,
     /// Pages written to the pages image.
     pub present_pages: u64,
+}
+
+/// Bytes a run begun with `start_pages` still waits for.
+#[derive(Debug, Clone, Copy)]
+struct Owed {
+    vaddr: u64,
+    left: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +81,7 @@ pub struct PagesWriter {
     pages_temp: PathBuf,
     pages: Option<BufWriter<File>>,
     pending: Option<PendingRun>,
+    owed: Option<Owed>,
     prev_end: u64,
     entries: usize,
     present_pages: u64,
@@ -112,6 +128,7 @@ impl PagesWriter {
             pages_temp,
             pages: Some(BufWriter::with_capacity(1 << 20, file)),
             pending: None,
+            owed: None,
             prev_end: 0,
             entries: 0,
             present_pages: 0,
@@ -141,6 +158,7 @@ impl PagesWriter {
                 len: data.len(),
             });
         }
+        self.check_nothing_owed()?;
         let flags = PE_PRESENT | if lazy { PE_LAZY } else { 0 };
         self.add_run(vaddr, data.len() as u64 / PAGE_SIZE, flags)?;
         self.write_pages(data)
@@ -154,19 +172,95 @@ impl PagesWriter {
         lazy: bool,
         source: &mut impl Read,
     ) -> Result<(), PagesWriteError> {
+        self.start_pages(vaddr, nr_pages, lazy)?;
+        self.append_from(nr_pages * PAGE_SIZE, source)
+    }
+
+    /// Records `nr_pages` present pages at `vaddr` whose bytes follow in order through
+    /// [`Self::append_from`], in as many parts as the source delivers them.
+    pub fn start_pages(
+        &mut self,
+        vaddr: u64,
+        nr_pages: u64,
+        lazy: bool,
+    ) -> Result<(), PagesWriteError> {
+        self.check_nothing_owed()?;
         let flags = PE_PRESENT | if lazy { PE_LAZY } else { 0 };
         self.add_run(vaddr, nr_pages, flags)?;
-        let want = nr_pages * PAGE_SIZE;
+        self.owed = Some(Owed {
+            vaddr,
+            left: nr_pages * PAGE_SIZE,
+        });
+        Ok(())
+    }
+
+    /// Copies the next `len` bytes of the run begun by [`Self::start_pages`] from
+    /// `source` (with `splice` when it is a pipe).
+    pub fn append_from(&mut self, len: u64, source: &mut impl Read) -> Result<(), PagesWriteError> {
+        let owed = self.owed.as_mut().ok_or(PagesWriteError::Unowed { len })?;
+        if len > owed.left {
+            return Err(PagesWriteError::TooMuch {
+                vaddr: owed.vaddr,
+                len,
+                left: owed.left,
+            });
+        }
+        let vaddr = owed.vaddr;
         let out = self.pages.as_mut().expect("open until finish");
         let got =
-            io::copy(&mut source.take(want), out).map_err(|source| PagesWriteError::Pages {
+            io::copy(&mut source.take(len), out).map_err(|source| PagesWriteError::Pages {
                 path: self.pages_temp.clone(),
                 source,
             })?;
-        if got != want {
-            return Err(PagesWriteError::ShortSource { vaddr, got, want });
+        owed.left -= got;
+        if got != len {
+            return Err(PagesWriteError::ShortSource {
+                vaddr,
+                got,
+                want: len,
+            });
+        }
+        if owed.left == 0 {
+            self.owed = None;
         }
         Ok(())
+    }
+
+    /// Records `nr_pages` present pages at `vaddr` whose bytes someone else writes into
+    /// [`Self::pages_file`] at the returned offset (with `pwrite`, e.g. the tracee
+    /// itself). Later runs go after them; the caller must fill the range before
+    /// [`Self::finish`], which checks that the pages image has every byte it should.
+    pub fn reserve_pages(
+        &mut self,
+        vaddr: u64,
+        nr_pages: u64,
+        lazy: bool,
+    ) -> Result<u64, PagesWriteError> {
+        self.check_nothing_owed()?;
+        let flags = PE_PRESENT | if lazy { PE_LAZY } else { 0 };
+        self.add_run(vaddr, nr_pages, flags)?;
+        let out = self.pages.as_mut().expect("open until finish");
+        let err = |source| PagesWriteError::Pages {
+            path: self.pages_temp.clone(),
+            source,
+        };
+        // Flush what is buffered, then continue after the reserved range.
+        let offset = out.stream_position().map_err(err)?;
+        out.seek(SeekFrom::Start(offset + nr_pages * PAGE_SIZE))
+            .map_err(err)?;
+        Ok(offset)
+    }
+
+    /// The pages image being written (for [`Self::reserve_pages`]).
+    pub fn pages_file(&self) -> &File {
+        self.pages.as_ref().expect("open until finish").get_ref()
+    }
+
+    fn check_nothing_owed(&self) -> Result<(), PagesWriteError> {
+        match self.owed {
+            Some(Owed { vaddr, left }) => Err(PagesWriteError::Owed { vaddr, left }),
+            None => Ok(()),
+        }
     }
 
     /// Records a run without data here: `PE_PARENT` (in the parent pre-dump) or `PE_LAZY`
@@ -180,6 +274,7 @@ impl PagesWriter {
         if flags != PE_PARENT && flags != PE_LAZY {
             return Err(PagesWriteError::BadHoleFlags { vaddr, flags });
         }
+        self.check_nothing_owed()?;
         self.add_run(vaddr, nr_pages, flags)
     }
 
@@ -248,6 +343,7 @@ impl PagesWriter {
 
     /// Commits the pages image, then the pagemap.
     pub fn finish(mut self) -> Result<PagesSummary, PagesWriteError> {
+        self.check_nothing_owed()?;
         self.flush_pending()?;
         let pages_err = |path: &Path| {
             let path = path.to_path_buf();
@@ -257,6 +353,14 @@ impl PagesWriter {
         let file = out
             .into_inner()
             .map_err(|e| pages_err(&self.pages_temp)(e.into_error()))?;
+        let len = file.metadata().map_err(pages_err(&self.pages_temp))?.len();
+        if len != self.present_pages * PAGE_SIZE {
+            return Err(PagesWriteError::Size {
+                path: self.pages_temp.clone(),
+                len,
+                want: self.present_pages * PAGE_SIZE,
+            });
+        }
         file.sync_all().map_err(pages_err(&self.pages_temp))?;
         drop(file);
         fs::rename(&self.pages_temp, &self.pages_path).map_err(pages_err(&self.pages_path))?;

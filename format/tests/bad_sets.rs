@@ -217,6 +217,17 @@ fn writer_input_errors_are_named() {
             ..
         }
     ));
+    // The run that ran short is still owed its bytes: nothing else may follow it.
+    assert!(matches!(
+        pages.add_pages(0x3000, &[0; 4096], false),
+        Err(cryo_format::PagesWriteError::Owed {
+            vaddr: 0x1000,
+            left: 4096
+        })
+    ));
+    drop(pages);
+    let mut pages =
+        cryo_format::PagesWriter::create(dir.path(), cryo_format::PagemapId::Pid(1), 1).unwrap();
     assert!(matches!(
         pages.add_pages(0x1234, &[0; 4096], false),
         Err(cryo_format::PagesWriteError::Unaligned { vaddr: 0x1234 })

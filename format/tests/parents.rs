@@ -307,3 +307,59 @@ fn a_predump_series_written_with_image_set_writers_reads_through_its_parent() {
         Path::new("../r1")
     );
 }
+
+/// A run delivered in parts (as the dumper's page pipes deliver a long run) reads back
+/// whole; a writer still owed bytes refuses to finish, and refuses more than it is owed.
+#[test]
+fn a_run_written_in_parts_reads_back_whole_and_owed_bytes_block_finish() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("parts");
+    fs::create_dir_all(&dir).unwrap();
+    let mut w = PagesWriter::create(&dir, PID, 1).unwrap();
+    w.start_pages(0x10000, 3, true).unwrap();
+    assert!(matches!(
+        w.add_pages(0x20000, &page(1), false),
+        Err(PagesWriteError::Owed {
+            vaddr: 0x10000,
+            left: 0x3000
+        })
+    ));
+    let first: Vec<u8> = [page(0xa0), page(0xa1)].concat();
+    w.append_from(0x1800, &mut &first[..0x1800]).unwrap();
+    w.append_from(0x800, &mut &first[0x1800..]).unwrap();
+    assert!(matches!(
+        w.append_from(0x2000, &mut &[0u8; 0x2000][..]),
+        Err(PagesWriteError::TooMuch { left: 0x1000, .. })
+    ));
+    w.append_from(0x1000, &mut &page(0xa2)[..]).unwrap();
+    w.start_pages(0x20000, 1, false).unwrap();
+    w.append_from(0x1000, &mut &page(0xb0)[..]).unwrap();
+    let summary = w.finish().unwrap();
+    assert_eq!(summary.present_pages, 4);
+    assert_eq!(summary.entries, 2);
+
+    let view = MemoryView::open(&dir, PID).unwrap();
+    for (addr, tag) in [
+        (0x10000, 0xa0),
+        (0x11000, 0xa1),
+        (0x12000, 0xa2),
+        (0x20000, 0xb0),
+    ] {
+        assert_eq!(data_tag(view.page(addr).unwrap()), (tag, 0), "{addr:#x}");
+    }
+
+    let short = root.path().join("short");
+    fs::create_dir_all(&short).unwrap();
+    let mut w = PagesWriter::create(&short, PID, 1).unwrap();
+    w.start_pages(0x10000, 2, false).unwrap();
+    w.append_from(0x1000, &mut &page(1)[..]).unwrap();
+    assert!(matches!(
+        w.finish(),
+        Err(PagesWriteError::Owed { left: 0x1000, .. })
+    ));
+    assert_eq!(
+        fs::read_dir(&short).unwrap().count(),
+        0,
+        "nothing committed"
+    );
+}

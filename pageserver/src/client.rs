@@ -17,8 +17,9 @@
 //! ```
 //!
 //! - Dump side: [`Client::open2`] → [`Client::add_pages`] (from memory) or
-//!   [`Client::add_from_fd`] (spliced from a pipe, e.g. one the parasite vmspliced into;
-//!   no copy through user space) / [`Client::hole`] / [`Client::lazy`] → [`Client::close`].
+//!   [`Client::add_from_fd`] (spliced from a pipe; no copy through user space) or
+//!   [`Client::start_add`] followed by bytes someone else writes to [`Client::stream`]
+//!   (the dumper's tracee) / [`Client::hole`] / [`Client::lazy`] → [`Client::close`].
 //! - Restore side: [`Client::get`] for one range (the server may answer fewer pages than
 //!   asked, never more); [`Client::use_checkpoint`] (cryo servers) selects the checkpoint.
 //!
@@ -258,24 +259,46 @@ impl Client {
         source: impl AsFd,
         lazy: bool,
     ) -> Result<(), ClientError> {
+        self.start_add(dst, vaddr, nr_pages, lazy)?;
+        self.splice_from(source, nr_pages * PAGE_SIZE as u64)
+    }
+
+    /// Marks the connection unusable: page bytes written to it by someone else (a
+    /// tracee sharing the socket) stopped part-way, so the stream is out of step.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Announces `nr_pages` present pages at `vaddr`; their bytes must follow, in order,
+    /// through [`Self::splice_from`] (in as many parts as the caller has them).
+    pub fn start_add(
+        &mut self,
+        dst: DstId,
+        vaddr: u64,
+        nr_pages: u64,
+        lazy: bool,
+    ) -> Result<(), ClientError> {
         let flags = PE_PRESENT | if lazy { PE_LAZY } else { 0 };
         self.send(
             WireHeader::new(protocol::add_f_word(flags), nr_pages, vaddr, dst.encode()),
             &[],
             "ADD_F",
-        )?;
-        let want = nr_pages * PAGE_SIZE as u64;
+        )
+    }
+
+    /// Splices exactly `len` bytes of announced pages from `source` (a pipe) into the socket.
+    pub fn splice_from(&mut self, source: impl AsFd, len: u64) -> Result<(), ClientError> {
         let mut sent = 0u64;
         let spl = rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::MORE;
-        while sent < want {
-            let len = (want - sent).min(1 << 20) as usize;
-            match rustix::pipe::splice(&source, None, &self.stream, None, len, spl) {
+        while sent < len {
+            let part = (len - sent).min(1 << 20) as usize;
+            match rustix::pipe::splice(&source, None, &self.stream, None, part, spl) {
                 Ok(0) => {
                     self.broken = true;
                     return Err(ClientError::SourceShort {
                         peer: self.peer,
                         sent,
-                        want,
+                        want: len,
                     });
                 }
                 Ok(n) => sent += n as u64,

@@ -143,3 +143,56 @@ impl Drop for ReadyChild {
         let _ = self.child.wait();
     }
 }
+
+/// A page server that speaks only CRIU's protocol: like `criu page-server`, it drops a
+/// session on an unknown command (cryo's HELLO) and serves the next one. Returns the
+/// address and a handle yielding the pages stored by the session that CLOSEd. With
+/// `hang_up_after`, it closes the connection once it has read that many page bytes.
+pub fn criu_like_server(
+    hang_up_after: Option<u64>,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<u64>) {
+    use cryo_pageserver::protocol::{Command as Cmd, HEADER_SIZE, parse_header};
+    use std::io::{Read, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut pages = 0;
+            loop {
+                let mut head = [0u8; HEADER_SIZE];
+                if conn.read_exact(&mut head).is_err() {
+                    break;
+                }
+                let Ok(req) = parse_header(&head) else { break };
+                match req.command {
+                    Cmd::CryoHello | Cmd::CryoSetParent | Cmd::CryoUseCheckpoint => break,
+                    Cmd::Open2 => conn.write_all(&[0]).unwrap(),
+                    Cmd::Parent => conn.write_all(&0i32.to_le_bytes()).unwrap(),
+                    Cmd::Close => {
+                        conn.write_all(&0i32.to_le_bytes()).unwrap();
+                        return pages;
+                    }
+                    _ => {
+                        let len = req.payload_len();
+                        if let Some(limit) = hang_up_after
+                            && (pages * 4096 + len) > limit
+                        {
+                            let mut part = vec![0u8; (limit - pages * 4096) as usize];
+                            let _ = conn.read_exact(&mut part);
+                            return pages;
+                        }
+                        let mut data = vec![0u8; len as usize];
+                        conn.read_exact(&mut data).unwrap();
+                        pages += len / 4096;
+                    }
+                }
+            }
+        }
+        0
+    });
+    (addr, handle)
+}
