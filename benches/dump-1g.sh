@@ -1,61 +1,84 @@
 #!/usr/bin/env bash
-# Dump a process holding 1 GiB of patterned anonymous memory to tmpfs (/dev/shm) and
-# report page throughput (MiB/s) and frozen time, best and median of RUNS runs.
-# If a `criu` that can dump on this kernel is on PATH, dump the same workload with it
-# in the same run and print the ratio. Usage: benches/dump-1g.sh [MiB] [RUNS]
+# Dump a process holding 1 GiB of patterned anonymous memory to tmpfs (/dev/shm), RUNS times,
+# with cryo's dumper and, in the same runs, with CRIU (trixie's 4.1, installed privately by
+# scripts/criu-setup.sh; skipped if it cannot be installed or fails `criu check`). Each run
+# starts a fresh workload per tool (which goes first alternates; one warm-up round is not
+# counted). Prints per run and as medians: the whole
+# dump's wall time, the frozen time, and the page rate (pages / time spent moving pages), and
+# the ratios CRIU/cryo. Usage: benches/dump-1g.sh [MiB] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 MIB=${1:-1024}
 RUNS=${2:-5}
 WORK=/dev/shm/cryo-bench-dump.$$
 mkdir -p "$WORK"
-cleanup() { [[ -n "${PID:-}" ]] && kill -9 "$PID" 2>/dev/null; rm -rf "$WORK"; }
+PID=
+cleanup() { [[ -n "$PID" ]] && kill -9 "$PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 cargo build --release -q -p cryo-dumper -p cryo-fixtures
 DUMPER=target/release/dumper
 COUNTER=$(ls -t target/release/build/cryo-fixtures-*/out/counter | head -1)
+criu_on_path
 
-start_workload() {
-    local log=$WORK/log.$1
-    setsid "$COUNTER" "$MIB" "$log" 1 </dev/null >/dev/null 2>&1 &
-    PID=$!
-    for _ in $(seq 300); do grep -q '^ready' "$log" 2>/dev/null && return; sleep 0.1; done
-    echo "workload did not become ready" >&2; exit 1
-}
-
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-
-echo "cryo dumper: ${MIB} MiB workload, ${RUNS} runs, images on /dev/shm ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
-: >"$WORK/frozen"; : >"$WORK/rate"
-for i in $(seq "$RUNS"); do
-    start_workload "$i"
-    out=$("$DUMPER" dump -t "$PID" -D "$WORK/img.$i" 2>/dev/null)
-    wait "$PID" 2>/dev/null || true
+echo "dump of a ${MIB} MiB counter to /dev/shm, ${RUNS} runs ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)); CRIU: $CRIU_VERSION$([[ $CRIU_OK == 1 ]] || echo ' (not usable: no comparison)')"
+dump_cryo() { # run-number: appends "wall frozen rate" to $WORK/cryo unless a warm-up
+    start_counter "$WORK/log.cryo.$1"
+    local t0 t1 out pages frozen ptime wall rate
+    t0=$(now_ns)
+    out=$("$DUMPER" dump -t "$PID" -D "$WORK/cryo.$1" 2>/dev/null)
+    t1=$(now_ns)
+    wait_gone "$PID"
     PID=
     pages=$(sed -E 's/.* ([0-9]+) pages;.*/\1/' <<<"$out")
     frozen=$(sed -E 's/.*frozen ([0-9.]+) s.*/\1/' <<<"$out")
     ptime=$(sed -E 's/.*pages ([0-9.]+) s, total.*/\1/' <<<"$out")
+    wall=$(secs_between "$t0" "$t1")
     rate=$(awk -v p="$pages" -v t="$ptime" 'BEGIN {printf "%.0f", p * 4096 / 1048576 / t}')
-    echo "  run $i: $pages pages, frozen ${frozen} s, page transfer ${ptime} s = ${rate} MiB/s"
-    echo "$frozen" >>"$WORK/frozen"; echo "$rate" >>"$WORK/rate"
-    rm -rf "$WORK/img.$i"
-done
-best_frozen=$(sort -g "$WORK/frozen" | head -1); med_frozen=$(median <"$WORK/frozen")
-best_rate=$(sort -g "$WORK/rate" | tail -1); med_rate=$(median <"$WORK/rate")
-echo "cryo: frozen best ${best_frozen} s, median ${med_frozen} s; pages best ${best_rate} MiB/s, median ${med_rate} MiB/s"
+    [[ $1 == w* ]] || echo "$wall $frozen $rate" >>"$WORK/cryo"
+    echo "  run $1: cryo $pages pages, wall ${wall} s, frozen ${frozen} s, pages ${rate} MiB/s"
+    rm -rf "$WORK/cryo.$1"
+}
 
-# CRIU, if one on PATH can actually dump here.
-if command -v criu >/dev/null && criu check >/dev/null 2>&1; then
-    start_workload criu
-    if criu dump -t "$PID" -D "$WORK/criu" --shell-job -o dump.log >/dev/null 2>&1; then
-        stats=$(crit decode -i "$WORK/criu/stats-dump" 2>/dev/null)
-        cfrozen=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1])["entries"][0]["dump"]; print(d["frozen_time"]/1e6)' "$stats")
-        echo "criu: frozen ${cfrozen} s; ratio criu/cryo (median) $(awk -v c="$cfrozen" -v o="$med_frozen" 'BEGIN {printf "%.2f", c / o}')x"
-    else
-        echo "criu: dump failed here ($(tail -1 "$WORK/criu/dump.log" 2>/dev/null)); no ratio"
+dump_criu() { # run-number: appends "wall frozen rate" to $WORK/criu unless a warm-up
+    start_counter "$WORK/log.criu.$1"
+    mkdir -p "$WORK/criu.$1"
+    local t0 t1 cfrozen cmem cpages wall rate
+    t0=$(now_ns)
+    if ! criu dump -t "$PID" -D "$WORK/criu.$1" -o dump.log >/dev/null 2>&1; then
+        echo "  run $1: criu dump failed: $(tail -1 "$WORK/criu.$1/dump.log")"
+        kill -9 "$PID" 2>/dev/null || true
+        wait_gone "$PID"
+        PID=
+        return
     fi
-else
-    echo "criu: no criu on PATH that passes 'criu check' on this kernel ($(criu --version 2>/dev/null | head -1 || echo absent)); no ratio"
+    t1=$(now_ns)
+    wait_gone "$PID"
+    PID=
+    read -r cfrozen cmem cpages < <(criu_dump_stats "$WORK/criu.$1")
+    wall=$(secs_between "$t0" "$t1")
+    rate=$(awk -v p="$cpages" -v t="$cmem" 'BEGIN {printf "%.0f", p * 4096 / 1048576 / t}')
+    [[ $1 == w* ]] || echo "$wall $cfrozen $rate" >>"$WORK/criu"
+    echo "  run $1: criu $cpages pages, wall ${wall} s, frozen ${cfrozen} s, pages ${rate} MiB/s"
+    rm -rf "$WORK/criu.$1"
+}
+
+# One warm-up round (not counted), then RUNS rounds; the tool that goes first alternates.
+for i in w $(seq "$RUNS"); do
+    if [[ $CRIU_OK == 1 && $i != w && $((i % 2)) == 0 ]]; then
+        dump_criu "$i"; dump_cryo "$i"
+    else
+        dump_cryo "$i"; [[ $CRIU_OK == 1 ]] && dump_criu "$i"
+    fi
+done
+
+col() { awk -v c="$1" '{print $c}' "$2"; }
+w=$(col 1 "$WORK/cryo" | median); f=$(col 2 "$WORK/cryo" | median); r=$(col 3 "$WORK/cryo" | median)
+echo "cryo median: wall $w s, frozen $f s, pages $r MiB/s; best frozen $(col 2 "$WORK/cryo" | best_low) s"
+if [[ -s $WORK/criu ]]; then
+    cw=$(col 1 "$WORK/criu" | median); cf=$(col 2 "$WORK/criu" | median); cr=$(col 3 "$WORK/criu" | median)
+    echo "criu median: wall $cw s, frozen $cf s, pages $cr MiB/s; best frozen $(col 2 "$WORK/criu" | best_low) s"
+    echo "ratio (median, CRIU/cryo; > 1 means cryo is faster): wall $(ratio "$cw" "$w")x, frozen $(ratio "$cf" "$f")x, page rate $(ratio "$r" "$cr")x"
 fi

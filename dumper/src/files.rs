@@ -297,7 +297,11 @@ impl FileTable {
                     pos,
                     fown: fown(),
                     name: target,
-                    size: ft.is_file().then_some(meta.len()),
+                    // As CRIU: no size for a file open for appending (a log keeps
+                    // growing; CRIU's restore refuses a regular file whose size
+                    // differs from a recorded one).
+                    size: (ft.is_file() && file_flags & libc::O_APPEND as u32 == 0)
+                        .then_some(meta.len()),
                     mode: Some(meta.mode()),
                     ..RegFileEntry::default()
                 });

@@ -4,7 +4,7 @@
 //! returns the ranges of pages that are present or swapped, and neither the shared zero
 //! page nor page-cache pages (a private file mapping's untouched pages come back from
 //! the file on restore; only its copied-on-write pages are dumped, as CRIU does). The
-//! vdso is the exception: its pages are kernel pages, dumped whole.
+//! vdso is the exception: it is dumped whole, whether its pages are present or not.
 //!
 //! Transfer: the dumper plants a duplicate of its destination fd in the tracee (the pages
 //! image, or the page server's connection) and the tracee writes its own pages there
@@ -183,10 +183,16 @@ pub fn runs_for(vmas: &[Vma], present: &[Present]) -> Vec<PageRun> {
         while i < present.len() && present[i].end <= vma.start {
             i += 1;
         }
+        if vma.kind == VmaKind::Vdso {
+            // Whole, present or not (a forked child may not have faulted it in yet):
+            // CRIU's restorer reads the dumped vdso's ELF header to map it.
+            push_run(&mut runs, vma.start, (vma.end - vma.start) / PAGE_SIZE, flags);
+            continue;
+        }
         let mut j = i;
         while j < present.len() && present[j].start < vma.end {
             let p = present[j];
-            if !p.file || vma.kind == VmaKind::Vdso {
+            if !p.file {
                 let (s, e) = (p.start.max(vma.start), p.end.min(vma.end));
                 push_run(&mut runs, s, (e - s) / PAGE_SIZE, flags);
             }
@@ -363,9 +369,11 @@ mod tests {
                 end: 0x6000,
                 file: false,
             },
+            // Only the vvar page and the vdso's first page are present: the vdso is
+            // dumped whole all the same.
             Present {
                 start: 0x8000,
-                end: 0xb000,
+                end: 0xa000,
                 file: true,
             },
         ];

@@ -263,6 +263,18 @@ fn file_sig_dump_has_offsets_handlers_mask_and_itimer() {
         reg("/data-ro").size,
         Some(cryo_fixtures::FILE_SIG_RO_LEN as u64)
     );
+    // The log is open for appending: like CRIU, no size (CRIU's restore would refuse the
+    // grown log otherwise).
+    let log_name = w
+        .log_path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let log = reg(&format!("/{log_name}"));
+    assert_ne!(log.flags & libc::O_APPEND as u32, 0);
+    assert_eq!(log.size, None);
 
     let tc = set.core(pid as u32).unwrap().tc.unwrap();
     // sigactions lists signals 1..=64 without SIGKILL (9) and SIGSTOP (19), as CRIU does.

@@ -132,13 +132,15 @@ impl PagesWriter {
             prev_end: 0,
             entries: 0,
             present_pages: 0,
-            compat_nr_pages: false,
+            compat_nr_pages: true,
             scratch: Vec::with_capacity(32),
         })
     }
 
-    /// Also writes each run's page count in field 2 (`compat_nr_pages`), so CRIU before 4.2
-    /// reads the runs too. Off by default: CRIU 4.2 writes 0 there, and so do we unless asked.
+    /// Whether each run's page count also goes in field 2 (`compat_nr_pages`). On by
+    /// default: CRIU before 4.2 (trixie's 4.1, Debian 12's 3.17 and its crit) reads only
+    /// field 2, and restores all-zero memory from a pagemap that has 0 there; CRIU 4.2 and
+    /// cryo read field 5 when it is present. Off writes 0 there, as CRIU 4.2 does.
     pub fn with_compat_nr_pages(mut self, on: bool) -> Self {
         self.compat_nr_pages = on;
         self

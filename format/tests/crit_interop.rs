@@ -102,9 +102,8 @@ fn crit_before_4_2_sees_page_counts_of_compat_pagemaps() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut pages = cryo_format::PagesWriter::create(dir.path(), PagemapId::Pid(9), 1)
-        .unwrap()
-        .with_compat_nr_pages(true);
+    // Field 2 is written by default.
+    let mut pages = cryo_format::PagesWriter::create(dir.path(), PagemapId::Pid(9), 1).unwrap();
     pages.add_pages(0x10000, &[1; 3 * 4096], false).unwrap();
     pages.finish().unwrap();
 

@@ -394,3 +394,101 @@ fn shell_job_gets_the_restorers_terminal() {
     assert_ne!(sid, pid);
     drop(shell);
 }
+
+/// CRIU 4.1 as `scripts/setup` installs it (trixie's, privately, in target/criu-4.1/).
+fn criu41() -> std::process::Command {
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criu-4.1/bin/criu");
+    assert!(
+        wrapper.exists(),
+        "{} is missing: run scripts/setup (or scripts/criu-setup.sh)",
+        wrapper.display()
+    );
+    std::process::Command::new(wrapper)
+}
+
+/// Runs CRIU 4.1 with `args` on `dir` (log `criu.log` there); panics with its errors.
+fn criu41_in(dir: &Path, args: &[&str]) {
+    let mut cmd = criu41();
+    cmd.args(args)
+        .arg("-D")
+        .arg(dir)
+        .args(["-o", "criu.log", "-v4"]);
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    let log = std::fs::read_to_string(dir.join("criu.log")).unwrap_or_default();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Error") && !l.contains("RLIMIT_NOFILE"))
+        .collect();
+    assert!(
+        out.status.success(),
+        "criu {args:?} failed:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// cryo's images are CRIU's format: CRIU 4.1 restores a counter cryo dumped, and it
+/// counts on over its intact pattern.
+#[test]
+fn criu_restores_a_counter_cryo_dumped() {
+    let mut w = Workload::counter(16).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    dump_and_clear(&mut w, images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    criu41_in(images.path(), &["restore", "-d"]);
+    let _guard = TreeGuard::new(pid);
+
+    wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
+    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+}
+
+/// A pipe tree dumped by cryo and restored by CRIU 4.1: the children's shared pipe
+/// still holds its unread bytes.
+#[test]
+fn criu_restores_a_pipe_tree_cryo_dumped() {
+    let mut w = Workload::pipe_tree(1000).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    let children: Vec<i32> = w.tree_pids().into_iter().filter(|&p| p != pid).collect();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    dump_and_clear(&mut w, images.path());
+    criu41_in(images.path(), &["restore", "-d"]);
+    let _guard = TreeGuard::new(pid);
+
+    for &child in &children {
+        assert_eq!(proc_status_field(child, "PPid"), Some(pid as u64));
+        let last = last_tick_of(w.log_path(), child).unwrap();
+        wait_tick_after(w.log_path(), child, last + 2, WAIT).unwrap();
+    }
+    signal(pid, libc::SIGUSR1);
+    let log = w.log_path().to_path_buf();
+    let line = wait_for_log_line(&log, |l| l.starts_with("pipe bytes="), WAIT).unwrap();
+    assert_eq!(line, "pipe bytes=1000 ok=1");
+}
+
+/// The other way: cryo's restorer brings back a 4-thread counter CRIU 4.1 dumped live
+/// on this kernel, with its thread ids, and it counts on.
+#[test]
+fn cryo_restores_threads_criu_dumped() {
+    let mut w = Workload::threads(8, 4).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+    let tids = cryo_fixtures::thread_ids(pid);
+    let pids = w.tree_pids();
+
+    criu41_in(images.path(), &["dump", "-t", &pid.to_string()]);
+    w.wait_exit(WAIT);
+    wait_gone(&pids);
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+
+    assert_eq!(root, pid);
+    assert_eq!(cryo_fixtures::thread_ids(root), tids);
+    wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
+    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+}

@@ -4,7 +4,7 @@
 # glibc >= 2.38, so it runs through trixie's own dynamic loader and libraries, extracted next
 # to it. Nothing outside target/criu-4.1/ is touched (no system library, no apt configuration).
 #
-#   PATH=$(benches/criu-setup.sh):$PATH    # prints the bin dir holding the `criu` wrapper
+#   PATH=$(scripts/criu-setup.sh):$PATH    # prints the bin dir holding the `criu` wrapper
 #
 # The signed InRelease is checked with the system's Debian archive keyring (gpgv), then the
 # SHA256 of Packages.xz from it, then the SHA256 of every .deb from Packages. criu's Depends
@@ -164,7 +164,7 @@ mkdir -p "$NEW/usr/lib/criu"
 mkdir -p "$BIN.new"
 cat >"$BIN.new/criu" <<EOF
 #!/bin/sh
-# Debian $SUITE's criu $criu_version, installed privately by benches/criu-setup.sh ($WRAPPER_REV).
+# Debian $SUITE's criu $criu_version, installed privately by scripts/criu-setup.sh ($WRAPPER_REV).
 ROOT=\$(cd "\$(dirname "\$(readlink -f "\$0")")/../root" && pwd) || exit 1
 LIB=\$ROOT/$LIBDIR
 [ "\${1:-}" = swrk ] || set -- -L "\$ROOT/usr/lib/criu" "\$@"
