@@ -186,7 +186,12 @@ pub fn runs_for(vmas: &[Vma], present: &[Present]) -> Vec<PageRun> {
         if vma.kind == VmaKind::Vdso {
             // Whole, present or not (a forked child may not have faulted it in yet):
             // CRIU's restorer reads the dumped vdso's ELF header to map it.
-            push_run(&mut runs, vma.start, (vma.end - vma.start) / PAGE_SIZE, flags);
+            push_run(
+                &mut runs,
+                vma.start,
+                (vma.end - vma.start) / PAGE_SIZE,
+                flags,
+            );
             continue;
         }
         let mut j = i;

@@ -89,6 +89,24 @@ fn assert_consecutive(ticks: &[u64], from: u64) {
     assert_eq!(ticks, expected);
 }
 
+/// Dumps `w` with cryo's dumper once it has ticked twice, restores it with `restore`
+/// (which returns the restored root), and checks that the same pid logs `more`
+/// consecutive ticks on from the last one before the dump.
+fn counts_on_after(mut w: Workload, more: u64, restore: impl FnOnce(&Path) -> i32) {
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+
+    dump_and_clear(&mut w, images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore(images.path());
+    let _guard = TreeGuard::new(root);
+    assert_eq!(root, pid);
+
+    wait_tick_after(w.log_path(), pid, last + more, WAIT).unwrap();
+    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+}
+
 fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) on a process of the test's own restored tree.
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
@@ -96,19 +114,9 @@ fn signal(pid: i32, sig: i32) {
 
 #[test]
 fn cryo_counter_continues_after_restore() {
-    let mut w = Workload::counter(16).unwrap();
-    let images = tempfile::tempdir().unwrap();
-    let pid = w.pid();
-    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
-
-    dump_and_clear(&mut w, images.path());
-    let last = last_tick_of(w.log_path(), pid).unwrap();
-    let root = restore_detached(images.path(), &[]);
-    let _guard = TreeGuard::new(root);
-    assert_eq!(root, pid);
-
-    wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
-    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+    counts_on_after(Workload::counter(16).unwrap(), 3, |dir| {
+        restore_detached(dir, &[])
+    });
 }
 
 #[test]
@@ -213,18 +221,9 @@ fn cryo_files_signals_and_itimer_survive() {
 
 #[test]
 fn cryo_python_keeps_looping() {
-    let mut w = Workload::python().unwrap();
-    let images = tempfile::tempdir().unwrap();
-    let pid = w.pid();
-    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
-
-    dump_and_clear(&mut w, images.path());
-    let last = last_tick_of(w.log_path(), pid).unwrap();
-    let root = restore_detached(images.path(), &[]);
-    let _guard = TreeGuard::new(root);
-
-    wait_tick_after(w.log_path(), pid, last + 5, WAIT).unwrap();
-    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+    counts_on_after(Workload::python().unwrap(), 5, |dir| {
+        restore_detached(dir, &[])
+    });
 }
 
 #[test]
@@ -430,18 +429,12 @@ fn criu41_in(dir: &Path, args: &[&str]) {
 /// counts on over its intact pattern.
 #[test]
 fn criu_restores_a_counter_cryo_dumped() {
-    let mut w = Workload::counter(16).unwrap();
-    let images = tempfile::tempdir().unwrap();
+    let w = Workload::counter(16).unwrap();
     let pid = w.pid();
-    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
-
-    dump_and_clear(&mut w, images.path());
-    let last = last_tick_of(w.log_path(), pid).unwrap();
-    criu41_in(images.path(), &["restore", "-d"]);
-    let _guard = TreeGuard::new(pid);
-
-    wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
-    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+    counts_on_after(w, 3, |dir| {
+        criu41_in(dir, &["restore", "-d"]);
+        pid
+    });
 }
 
 /// A pipe tree dumped by cryo and restored by CRIU 4.1: the children's shared pipe
