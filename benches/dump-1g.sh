@@ -3,7 +3,7 @@
 # with cryo's dumper and, in the same runs, with CRIU (trixie's 4.1, installed privately by
 # scripts/criu-setup.sh; skipped if it cannot be installed or fails `criu check`). Each run
 # starts a fresh workload per tool (which goes first alternates; one warm-up round is not
-# counted). Prints per run and as medians: the whole
+# counted; free memory is warmed before every dump, benches/lib.sh: warm_memory). Prints per run and as medians: the whole
 # dump's wall time, the frozen time, and the page rate (pages / time spent moving pages), and
 # the ratios CRIU/cryo. Usage: benches/dump-1g.sh [MiB] [RUNS]
 set -euo pipefail
@@ -26,6 +26,7 @@ criu_on_path
 echo "dump of a ${MIB} MiB counter to /dev/shm, ${RUNS} runs ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)); CRIU: $CRIU_VERSION$([[ $CRIU_OK == 1 ]] || echo ' (not usable: no comparison)')"
 dump_cryo() { # run-number: appends "wall frozen rate" to $WORK/cryo unless a warm-up
     start_counter "$WORK/log.cryo.$1"
+    warm_memory
     local t0 t1 out pages frozen ptime wall rate
     t0=$(now_ns)
     out=$("$DUMPER" dump -t "$PID" -D "$WORK/cryo.$1" 2>/dev/null)
@@ -45,6 +46,7 @@ dump_cryo() { # run-number: appends "wall frozen rate" to $WORK/cryo unless a wa
 dump_criu() { # run-number: appends "wall frozen rate" to $WORK/criu unless a warm-up
     start_counter "$WORK/log.criu.$1"
     mkdir -p "$WORK/criu.$1"
+    warm_memory
     local t0 t1 cfrozen cmem cpages wall rate
     t0=$(now_ns)
     if ! criu dump -t "$PID" -D "$WORK/criu.$1" -o dump.log >/dev/null 2>&1; then

@@ -4,7 +4,7 @@
 # `criu dump --page-server` into `criu page-server` (trixie's CRIU 4.1, installed privately by
 # scripts/criu-setup.sh; skipped if unusable). Each run starts a fresh workload and a fresh
 # server per tool; which tool goes first alternates; one warm-up round is not counted.
-# Prints the page rate (pages / time spent sending them), the frozen time and the store
+# Free memory is warmed before every dump (benches/lib.sh: warm_memory). Prints the page rate (pages / time spent sending them), the frozen time and the store
 # size per run, the medians, and the ratios. Usage: benches/dump-pageserver-1g.sh [MiB] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +45,7 @@ via_cryo() {
     SERVER=$!
     wait_listening "$port"
     start_counter "$WORK/log.cryo.$1"
+    warm_memory
     out=$("$bin/dumper" dump -t "$PID" -D "$WORK/img.$1" --page-server "127.0.0.1:$port" 2>/dev/null)
     wait_gone "$PID"
     PID=""
@@ -67,6 +68,7 @@ via_criu() {
     SERVER=$!
     wait_listening "$port"
     start_counter "$WORK/log.criu.$1"
+    warm_memory
     if ! criu dump -t "$PID" -D "$WORK/criu.$1" --page-server --address 127.0.0.1 --port "$port" \
         -o dump.log >/dev/null 2>&1; then
         echo "  run $1: criu dump failed: $(tail -1 "$WORK/criu.$1/dump.log")"

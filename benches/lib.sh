@@ -49,3 +49,13 @@ import json, sys
 d = json.load(sys.stdin)["entries"][0]["dump"]
 print(d["frozen_time"] / 1e6, d["memdump_time"] / 1e6, d["pages_written"])'
 }
+
+# Puts the machine's free memory in the same warm state before every timed step: this VM
+# hands memory untouched for a few seconds back to its host, and touching such memory
+# again is ~3x slower, so a dump's fresh tmpfs pages cost whatever the last few seconds
+# left behind. Writing and dropping MIB+256 MiB of tmpfs first makes that the same for
+# every run of every tool.
+warm_memory() {
+    dd if=/dev/zero of="$WORK/warm" bs=1M count=$((MIB + 256)) status=none
+    rm -f "$WORK/warm"
+}

@@ -4,7 +4,8 @@
 # installed privately by scripts/criu-setup.sh; skipped if unusable) from CRIU's own dump of
 # the same workload. Every restored process must log a tick with its pattern intact before
 # the run counts. Which tool goes first alternates; one warm-up round is not counted. Also
-# tells whether CRIU restores cryo's images (the format is CRIU's).
+# tells whether CRIU restores cryo's images. Free memory is warmed before every restore
+# (benches/lib.sh: warm_memory) (the format is CRIU's).
 # Usage: benches/restore-1g.sh [MiB] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,7 @@ restore_with() {
     root=ROOT_$dump; root=${!root}
     log=$WORK/log.$dump
     lines=$(wc -l <"$log")
+    warm_memory
     t0=$(now_ns)
     if [[ $tool == cryo ]]; then
         "$RESTORER" restore -D "$WORK/img.$dump" -d 2>"$WORK/err" || { echo "failed: $(tail -1 "$WORK/err")"; return; }
