@@ -19,7 +19,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use cryo_format::magic::well_known;
-use cryo_format::pagemap::{encode_entry, encode_head};
+use cryo_format::pagemap::{encode_entry, encode_entry_compat, encode_head};
 use cryo_format::writer::{ImageWriter, WriteError};
 
 use crate::protocol::{DstId, DstKind, PAGE_SIZE, PE_PARENT, PE_PRESENT};
@@ -64,6 +64,10 @@ pub struct ExportOptions {
     pub parent_link: Option<PathBuf>,
     /// Resolve `PE_PARENT` holes through the parent chain and write them as present pages.
     pub flatten: bool,
+    /// Write 0 in each entry's `compat_nr_pages` (field 2), as CRIU 4.2's own page server
+    /// does. By default the count goes in both fields 2 and 5, so CRIU before 4.2 (which
+    /// reads only field 2) restores the export too.
+    pub zero_compat_nr_pages: bool,
 }
 
 /// What an export wrote.
@@ -93,9 +97,9 @@ pub fn export_checkpoint(
         for pm in &pagemaps {
             if options.flatten {
                 let flat = flatten(store, checkpoint, pm)?;
-                export_pagemap(store, checkpoint, &flat, out, &mut summary)?;
+                export_pagemap(store, checkpoint, &flat, out, options, &mut summary)?;
             } else {
-                export_pagemap(store, checkpoint, pm, out, &mut summary)?;
+                export_pagemap(store, checkpoint, pm, out, options, &mut summary)?;
             }
         }
         if let Some(target) = &options.parent_link {
@@ -122,6 +126,7 @@ fn export_pagemap(
     checkpoint: u64,
     pm: &StoredPagemap,
     out: &Path,
+    opts: &ExportOptions,
     summary: &mut ExportSummary,
 ) -> Result<(), ExportError> {
     // Pages first: a pagemap on disk always has its data.
@@ -145,7 +150,12 @@ fn export_pagemap(
     w.write_raw(&buf, &[]).map_err(image_err)?;
     for e in &pm.entries {
         buf.clear();
-        encode_entry(&mut buf, e.vaddr, e.nr_pages, e.flags);
+        let encode = if opts.zero_compat_nr_pages {
+            encode_entry
+        } else {
+            encode_entry_compat
+        };
+        encode(&mut buf, e.vaddr, e.nr_pages, e.flags);
         w.write_raw(&buf, &[]).map_err(image_err)?;
         if !e.is_present() {
             summary.hole_pages += e.nr_pages;

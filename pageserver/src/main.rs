@@ -64,6 +64,10 @@ enum Cmd {
         /// Resolve holes through the parent chain: a self-contained image set.
         #[arg(long)]
         flatten: bool,
+        /// Write pagemaps exactly as CRIU 4.2's page server does (0 in the old page-count
+        /// field, which CRIU before 4.2 reads; by default both fields hold the count).
+        #[arg(long)]
+        zero_compat_nr_pages: bool,
     },
 }
 
@@ -135,6 +139,7 @@ fn run() -> anyhow::Result<()> {
             out,
             parent_link,
             flatten,
+            zero_compat_nr_pages,
         }) => {
             let st = Store::open_read_only(&store.store)
                 .with_context(|| format!("opening store {}", store.store.display()))?;
@@ -145,6 +150,7 @@ fn run() -> anyhow::Result<()> {
                 &ExportOptions {
                     parent_link,
                     flatten,
+                    zero_compat_nr_pages,
                 },
             )?;
             println!(

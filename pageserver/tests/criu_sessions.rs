@@ -13,6 +13,13 @@ use cryo_pageserver::export::{ExportOptions, export_checkpoint};
 use cryo_pageserver::server::SessionEnd;
 use cryo_pageserver::store::Store;
 
+/// Pagemaps written as CRIU 4.2's page server writes them (0 in `compat_nr_pages`).
+const CRIU_4_2_LAYOUT: ExportOptions = ExportOptions {
+    parent_link: None,
+    flatten: false,
+    zero_compat_nr_pages: true,
+};
+
 /// Sends the recorded client bytes and returns exactly the bytes the server answered.
 fn replay(addr: std::net::SocketAddr, session: &Path) -> Vec<u8> {
     let sent = std::fs::read(session.join("client-to-server.bin")).unwrap();
@@ -63,9 +70,9 @@ fn check_session(name: &str) {
         other => panic!("session did not commit: {other:?}"),
     };
 
-    // Export must reproduce what CRIU's own page server wrote.
+    // Export in CRIU 4.2's layout must reproduce what CRIU's own page server wrote.
     let out = tmp.path().join("export");
-    export_checkpoint(&store, info.id, &out, &ExportOptions::default()).unwrap();
+    export_checkpoint(&store, info.id, &out, &CRIU_4_2_LAYOUT).unwrap();
     let server_dir = session.join("server-dir");
     assert_eq!(sorted_files(&out), sorted_files(&server_dir));
     for f in sorted_files(&server_dir) {
@@ -207,7 +214,7 @@ fn a_pre_4_2_criu_stream_with_24_byte_headers_is_understood() {
         other => panic!("{other:?}"),
     };
     let out = tmp.path().join("export");
-    export_checkpoint(&store, info.id, &out, &ExportOptions::default()).unwrap();
+    export_checkpoint(&store, info.id, &out, &CRIU_4_2_LAYOUT).unwrap();
     for f in sorted_files(&session.join("server-dir")) {
         let ours = std::fs::read(out.join(&f)).unwrap();
         assert!(

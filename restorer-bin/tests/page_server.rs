@@ -93,6 +93,10 @@ impl PageServer {
         self.addr.to_string()
     }
 
+    fn store(&self) -> PathBuf {
+        self._store.path().join("store")
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -485,4 +489,68 @@ fn an_older_dump_restores_with_its_own_checkpoint_not_the_newest() {
     );
     let expected: Vec<u64> = (ticks[0]..ticks[0] + ticks.len() as u64).collect();
     assert_eq!(ticks, expected);
+}
+
+/// An unmodified `criu dump --page-server` (CRIU 4.1) into cryo's page server: the
+/// checkpoint exported from the store restores with cryo's restorer and with CRIU itself,
+/// and the counter counts on over its intact pattern both times.
+#[test]
+fn criu_dumps_into_our_page_server_and_both_restore_the_export() {
+    let server = PageServer::start();
+    let mut w = Workload::counter(16).unwrap();
+    let pid = w.pid();
+    let pids = w.tree_pids();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = server.addr.port().to_string();
+    let target = pid.to_string();
+    criu41_in(
+        dir.path(),
+        &[
+            "dump",
+            "-t",
+            &target,
+            "--page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ],
+    );
+    w.wait_exit(WAIT);
+    assert!(
+        local_page_images(dir.path()).is_empty(),
+        "pages went to the server"
+    );
+
+    let mut export = Command::new(pageserver_bin());
+    export
+        .args(["export", "--checkpoint", "1", "--store"])
+        .arg(server.store())
+        .arg("-D")
+        .arg(dir.path());
+    let out = run_bounded(export, WAIT);
+    assert!(
+        out.status.success(),
+        "export failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+
+    for restore_with_criu in [false, true] {
+        let deadline = Instant::now() + WAIT;
+        while let Some(p) = taken(&pids) {
+            assert!(Instant::now() < deadline, "pid {p} did not go away");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let last = last_tick_of(w.log_path(), pid).unwrap();
+        if restore_with_criu {
+            criu41_in(dir.path(), &["restore", "-d"]);
+        } else {
+            assert_eq!(restore_detached(dir.path(), &[]), pid);
+        }
+        let guard = TreeGuard::new(pid);
+        assert_counter_continues(w.log_path(), pid, last);
+        drop(guard);
+    }
 }

@@ -169,3 +169,34 @@ pub fn proc_status_field(pid: i32, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
+
+/// CRIU 4.1 as `scripts/setup` installs it (trixie's, privately, in target/criu-4.1/).
+pub fn criu41() -> std::process::Command {
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criu-4.1/bin/criu");
+    assert!(
+        wrapper.exists(),
+        "{} is missing: run scripts/setup (or scripts/criu-setup.sh)",
+        wrapper.display()
+    );
+    std::process::Command::new(wrapper)
+}
+
+/// Runs CRIU 4.1 with `args` on `dir` (log `criu.log` there); panics with its errors.
+pub fn criu41_in(dir: &Path, args: &[&str]) {
+    let mut cmd = criu41();
+    cmd.args(args)
+        .arg("-D")
+        .arg(dir)
+        .args(["-o", "criu.log", "-v4"]);
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    let log = std::fs::read_to_string(dir.join("criu.log")).unwrap_or_default();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Error") && !l.contains("RLIMIT_NOFILE"))
+        .collect();
+    assert!(
+        out.status.success(),
+        "criu {args:?} failed:\n{}",
+        errors.join("\n")
+    );
+}
