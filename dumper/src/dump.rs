@@ -321,6 +321,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
     let mut threads = 0;
 
     for (idx, info) in tree.tasks().iter().enumerate() {
+        if let Some((comm, status)) = &info.zombie {
+            set.write_core(info.pid as u32, &task::zombie_core(comm, *status))?;
+            threads += 1;
+            continue;
+        }
         let pages_id = idx as u32 + 1;
         let out = dump_process(
             info,

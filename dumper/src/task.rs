@@ -24,6 +24,23 @@ use crate::signals;
 const MARCH_X86_64: i32 = 1;
 /// `task_state` of a live task (CRIU's TASK_ALIVE).
 const TASK_ALIVE: u32 = 1;
+/// `task_state` of a zombie (CRIU's TASK_DEAD).
+const TASK_DEAD: u32 = 2;
+
+/// The core of a zombie: only its name and the wait status its parent will collect, as
+/// CRIU writes it (a zombie has no memory, files or registers left).
+pub fn zombie_core(comm: &str, status: i32) -> CoreEntry {
+    CoreEntry {
+        mtype: MARCH_X86_64,
+        tc: Some(TaskCoreEntry {
+            task_state: TASK_DEAD,
+            exit_code: status as u32,
+            comm: comm.to_string(),
+            ..TaskCoreEntry::default()
+        }),
+        ..CoreEntry::default()
+    }
+}
 
 /// A failure while collecting task state.
 #[derive(Debug, Error)]

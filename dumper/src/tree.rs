@@ -37,7 +37,7 @@ pub enum FreezeError {
         #[source]
         source: PtraceError,
     },
-    #[error("process {pid} is a zombie; dumping zombies is not supported")]
+    #[error("process {pid} (the root, or a thread-group leader whose threads run on) has exited")]
     Zombie { pid: i32 },
     #[error("process {pid} is stopped (state {state}); dumping stopped tasks is not supported")]
     Stopped { pid: i32, state: char },
@@ -55,6 +55,9 @@ pub struct TaskInfo {
     pub sid: i32,
     /// Thread ids, the leader first.
     pub threads: Vec<i32>,
+    /// A zombie: its name and the wait status its parent has not collected yet. Not
+    /// seized (there is nothing left to stop).
+    pub zombie: Option<(String, i32)>,
 }
 
 /// Fields of `/proc/PID/stat` the dumper uses.
@@ -68,6 +71,7 @@ pub struct Stat {
     pub flags: u32,
     pub exit_signal: i32,
     pub start_time: u64,
+    pub exit_code: i32,
 }
 
 /// Parses `/proc/PID/stat` (or `/proc/PID/task/TID/stat`).
@@ -98,7 +102,14 @@ fn parse_stat(text: &str) -> Option<Stat> {
         flags: num(9)? as u32,
         start_time: num(22)? as u64,
         exit_signal: num(38)? as i32,
+        // Field 52 (Linux 3.5+): the wait status of a zombie.
+        exit_code: num(52).unwrap_or(0) as i32,
     })
+}
+
+/// Whether `pid` is now a zombie or gone.
+fn has_died(pid: i32) -> bool {
+    read_stat(&format!("/proc/{pid}/stat")).map_or(true, |st| matches!(st.state, 'Z' | 'X'))
 }
 
 /// Thread ids of `pid`, the leader first, then ascending.
@@ -168,7 +179,12 @@ impl FrozenTree {
                     Err(e) => return Err(e),
                 };
                 let stat = read_stat(&format!("/proc/{pid}/stat"))?;
-                match stat.state {
+                let zombie = match stat.state {
+                    // A dead child its (frozen) parent has not reaped: dumped as a
+                    // zombie. A zombie leader with live threads is a live process.
+                    'Z' | 'X' if pid != root && threads.len() == 1 => {
+                        Some((stat.comm.clone(), stat.exit_code))
+                    }
                     'Z' | 'X' => return Err(FreezeError::Zombie { pid }),
                     'T' | 't' if !seized.contains(&pid) => {
                         return Err(FreezeError::Stopped {
@@ -176,24 +192,43 @@ impl FrozenTree {
                             state: stat.state,
                         });
                     }
-                    _ => {}
-                }
-                for &tid in &threads {
-                    if seized.insert(tid) {
-                        found_new = true;
-                        tree.seized.push(tid);
-                        seize_one(pid, tid)?;
+                    _ => None,
+                };
+                let stat = if zombie.is_some() {
+                    stat
+                } else {
+                    let mut died = false;
+                    for &tid in &threads {
+                        if seized.insert(tid) {
+                            found_new = true;
+                            if let Err(e) = seize_one(pid, tid) {
+                                // It died between the listing and the seize: the next
+                                // pass finds it a zombie (or gone).
+                                if tid == pid && pid != root && has_died(pid) {
+                                    seized.remove(&tid);
+                                    died = true;
+                                    break;
+                                }
+                                return Err(e);
+                            }
+                            tree.seized.push(tid);
+                        }
                     }
-                }
-                let stat = read_stat(&format!("/proc/{pid}/stat"))?;
-                let children = list_children(pid, &threads);
-                queue.extend(children.iter().rev().map(|&c| (c, pid)));
+                    if died {
+                        continue;
+                    }
+                    let children = list_children(pid, &threads);
+                    queue.extend(children.iter().rev().map(|&c| (c, pid)));
+                    // Read again once stopped: the group or session may have changed.
+                    read_stat(&format!("/proc/{pid}/stat"))?
+                };
                 tasks.push(TaskInfo {
                     pid,
                     ppid,
                     pgid: stat.pgid,
                     sid: stat.sid,
                     threads,
+                    zombie,
                 });
             }
             if !found_new {

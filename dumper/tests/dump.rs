@@ -623,3 +623,59 @@ fn a_posix_timer_is_dumped_with_its_signal_and_interval() {
     assert_eq!((t.isec, t.insec), (0, 50_000_000));
     assert!(t.vsec == 0 && t.vnsec <= 50_000_000);
 }
+
+/// A child that has exited but is not reaped yet is part of the tree: dumped as CRIU
+/// dumps it, a pstree entry and a core holding only its name and wait status.
+#[test]
+fn a_zombie_child_is_dumped_with_its_exit_status() {
+    // `exit 7` runs in a subshell that is never reaped by the `sleep 60` that replaced sh.
+    let mut parent = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("(exit 7) & exec sleep 60")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = parent.id() as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let zombie = loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(c) = children.split_whitespace().next() {
+            let c: i32 = c.parse().unwrap();
+            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap();
+            if stat.contains(") Z ") {
+                break c;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no zombie child appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let dir = tempfile::tempdir().unwrap();
+    dump(&opts(pid, dir.path(), true)).unwrap();
+
+    let set = ImageSet::open(dir.path()).unwrap();
+    let pstree = set.pstree().unwrap();
+    let entry = pstree.iter().find(|e| e.pid == zombie as u32).unwrap();
+    assert_eq!(
+        (entry.ppid, entry.threads.clone()),
+        (pid as u32, vec![zombie as u32])
+    );
+    let core = set.core(zombie as u32).unwrap();
+    let tc = core.tc.unwrap();
+    assert_eq!((tc.task_state, tc.exit_code), (2, 7 << 8));
+    assert!(core.thread_info.is_none());
+    assert!(!dir.path().join(format!("mm-{zombie}.img")).exists());
+    crit_decodes_every_image(dir.path());
+
+    // Left running: the parent still has its unreaped child.
+    assert!(parent.try_wait().unwrap().is_none(), "parent still running");
+    let stat = std::fs::read_to_string(format!("/proc/{zombie}/stat")).unwrap();
+    assert!(stat.contains(") Z "), "{stat}");
+    assert_eq!(tracer_of(pid), "TracerPid:\t0");
+    let _ = parent.kill();
+    let _ = parent.wait();
+}

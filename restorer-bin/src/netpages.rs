@@ -351,6 +351,9 @@ impl PageServer {
     /// Index of the first process whose stack page the selected checkpoint lacks.
     fn first_missing(&mut self, procs: &[ProcessPlan]) -> Result<Option<usize>, NetPagesError> {
         for (i, p) in procs.iter().enumerate() {
+            if p.zombie.is_some() {
+                continue;
+            }
             if self.get(p.pid, stack_page(p), 1)? == 0 {
                 tracing::debug!(
                     checkpoint = self.checkpoint,

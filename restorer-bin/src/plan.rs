@@ -17,6 +17,8 @@ pub use cryo_format::vma::status as vma_status;
 
 /// CRIU's task states.
 const TASK_ALIVE: u32 = 1;
+/// `task_state` of a zombie (CRIU's TASK_DEAD).
+const TASK_DEAD: u32 = 2;
 
 /// Errors building a plan.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,9 @@ pub struct ProcessPlan {
     pub root: Option<PathBuf>,
     pub umask: u32,
     pub exe: PathBuf,
+    /// A zombie: the wait status its parent is to collect. It has no memory, files or
+    /// registers; it is created in its session and group and exits at once.
+    pub zombie: Option<i32>,
 }
 
 impl ProcessPlan {
@@ -217,6 +222,16 @@ impl RestorePlan {
                 }
             };
             let process = load_process(&set, entry, &files)?;
+            let dead_parent = parent.filter(|&p| processes[p].zombie.is_some());
+            if process.zombie.is_some() && index == 0 || dead_parent.is_some() {
+                return Err(PlanError::Unsupported {
+                    pid,
+                    what: match dead_parent {
+                        Some(p) => format!("a child of the zombie {}", processes[p].pid),
+                        None => "a zombie as the root of the tree".into(),
+                    },
+                });
+            }
             index_of.insert(pid, processes.len());
             if let Some(p) = parent {
                 let next = processes.len();
@@ -365,6 +380,30 @@ fn load_process(
     let pid = entry.pid as i32;
     let unsupported = |what: String| PlanError::Unsupported { pid, what };
 
+    let leader = set.core(entry.pid)?;
+    if let Some(tc) = &leader.tc
+        && tc.task_state == TASK_DEAD
+    {
+        return Ok(ProcessPlan {
+            pid,
+            ppid: entry.ppid as i32,
+            pgid: entry.pgid as i32,
+            sid: entry.sid as i32,
+            children: Vec::new(),
+            threads: vec![ThreadPlan {
+                tid: pid,
+                core: leader.clone(),
+            }],
+            mm: MmEntry::default(),
+            fds: Vec::new(),
+            cwd: None,
+            root: None,
+            umask: 0o022,
+            exe: PathBuf::new(),
+            zombie: Some(tc.exit_code as i32),
+        });
+    }
+
     let mut threads = Vec::new();
     for &tid in &entry.threads {
         let core = set.core(tid)?;
@@ -446,6 +485,7 @@ fn load_process(
         root,
         umask: fs.umask.unwrap_or(0o022),
         exe,
+        zombie: None,
     })
 }
 

@@ -87,14 +87,17 @@ pub struct Options<'a> {
 
 /// The dumped pages of every process, from local images or from a page server.
 enum Memory {
-    Images(Vec<MemoryView>),
+    /// `None` for a zombie.
+    Images(Vec<Option<MemoryView>>),
     Fetched(Vec<crate::netpages::FetchedPages>),
 }
 
 impl Memory {
     fn source(&self, index: usize) -> PageSource<'_> {
         match self {
-            Memory::Images(v) => PageSource::Images(&v[index]),
+            Memory::Images(v) => {
+                PageSource::Images(v[index].as_ref().expect("a live process has its pages"))
+            }
             Memory::Fetched(v) => PageSource::Fetched(&v[index]),
         }
     }
@@ -149,7 +152,11 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
             plan.processes
                 .iter()
                 .map(|p| {
+                    if p.zombie.is_some() {
+                        return Ok(None);
+                    }
                     MemoryView::open(opts.dir, PagemapId::Pid(p.pid as u32))
+                        .map(Some)
                         .map_err(|source| RestoreError::Pages { pid: p.pid, source })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
@@ -194,10 +201,11 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
         "tree created"
     );
 
+    // Zombies are not traced: they have exited already, or are about to.
     let mut tracees = Vec::new();
     for p in &plan.processes {
         let mut threads = Vec::new();
-        for th in &p.threads {
+        for th in p.threads.iter().filter(|_| p.zombie.is_none()) {
             let what = if th.tid == p.pid { "process" } else { "thread" };
             let t = Tracee::seize(th.tid).map_err(|source| RestoreError::Seize {
                 tid: th.tid,
@@ -210,6 +218,9 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
     }
 
     for (index, (p, threads)) in plan.processes.iter().zip(&mut tracees).enumerate() {
+        if p.zombie.is_some() {
+            continue;
+        }
         let scratch = memory::restore(&mut threads[0], p, &plan.files, memory.source(index))?;
         let blocked = p.task_core().blk_sigset;
         for (t, th) in threads.iter_mut().zip(&p.threads).skip(1) {
@@ -321,6 +332,7 @@ fn spawn_plan(
             cwd: p.cwd.as_deref().map(cstring).transpose()?,
             umask: p.umask,
             sigactions,
+            exit_status: p.zombie,
         });
     }
     Ok(SpawnPlan { nodes, fd_base })

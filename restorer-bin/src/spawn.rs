@@ -68,6 +68,9 @@ pub enum Pgid {
 pub struct SpawnNode {
     pub pid: i32,
     pub setsid: bool,
+    /// A zombie: once in its session and group (and reported ready), the process ends
+    /// with this wait status and stays for its parent to reap.
+    pub exit_status: Option<i32>,
     pub pgid: Pgid,
     /// Indices of the children in [`SpawnPlan::nodes`].
     pub children: Vec<usize>,
@@ -367,6 +370,48 @@ fn fail(fd: RawFd, pid: i32, stage: Stage) -> ! {
 
 /// The program of every created process; see the module docs.
 ///
+/// Ends the calling process so that its parent's `wait` reports `status`: an exit code,
+/// or death by a signal (without a core file: RLIMIT_CORE goes to 0 first).
+///
+/// # Safety
+/// Async-signal-safe; for a child of `clone_process` that runs nothing else.
+unsafe fn exit_with(status: i32) -> ! {
+    let sig = status & 0x7f;
+    // SAFETY: raw system calls on values of this stack.
+    unsafe {
+        if sig != 0 {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            let dfl = KernelSigaction {
+                handler: libc::SIG_DFL as u64,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                0usize,
+                8usize,
+            );
+            let mask: u64 = !(1u64 << (sig - 1));
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &mask,
+                0usize,
+                8usize,
+            );
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::_exit((status >> 8) & 0xff)
+    }
+}
+
 /// # Safety
 /// Must run only in a process just created by `clone_process` from a single-threaded
 /// restorer.
@@ -397,6 +442,10 @@ unsafe fn child_main(plan: &SpawnPlan, index: usize, report_fd: RawFd, parent: i
         };
         if !pgid_ok {
             fail(report_fd, node.pid, Stage::Setpgid);
+        }
+        if let Some(status) = node.exit_status {
+            report(report_fd, node.pid, Stage::Ready, 0);
+            exit_with(status);
         }
 
         for &c in &node.children {

@@ -454,3 +454,71 @@ fn cryo_restores_threads_criu_dumped() {
     wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
     assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
 }
+
+/// Children that have exited but are not reaped yet come back as zombies, and their
+/// parent's `waitpid` then collects the dumped statuses: an exit code, and death by a
+/// signal.
+#[test]
+fn zombies_come_back_and_their_parent_reaps_the_dumped_statuses() {
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("log");
+    let script = "import os,signal,sys,time\n\
+        log=sys.argv[1]\n\
+        a=os.fork()\n\
+        if a==0: os._exit(7)\n\
+        b=os.fork()\n\
+        if b==0:\n    os.kill(os.getpid(),signal.SIGTERM); time.sleep(5); os._exit(0)\n\
+        def go(*_):\n    got=[f'{p}:{os.waitpid(p,0)[1]}' for p in (a,b)]\n    \
+        open(log,'a').write('reaped '+' '.join(got)+'\\n')\n\
+        signal.signal(signal.SIGUSR1,go)\n\
+        open(log,'a').write(f'ready a={a} b={b}\\n')\n\
+        while True: time.sleep(0.05)";
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let _first = TreeGuard::new(pid);
+    let line = wait_for_log_line(&log, |l| l.starts_with("ready "), WAIT).unwrap();
+    let kids: Vec<i32> = ["a", "b"]
+        .iter()
+        .map(|k| field(&line, k).unwrap().parse().unwrap())
+        .collect();
+    let is_zombie = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z "))
+    };
+    let deadline = Instant::now() + WAIT;
+    while !kids.iter().all(|&k| is_zombie(k)) {
+        assert!(Instant::now() < deadline, "children did not become zombies");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let images = work.path().join("img");
+    dump(pid, &images);
+    child.wait().unwrap();
+    wait_gone(&[pid, kids[0], kids[1]]);
+    let root = restore_detached(&images, &[]);
+    let _guard = TreeGuard::new(root);
+    assert_eq!(root, pid);
+    for &k in &kids {
+        assert!(is_zombie(k), "{k} is not a zombie after the restore");
+        assert_eq!(proc_status_field(k, "PPid"), Some(pid as u64));
+    }
+
+    signal(pid, libc::SIGUSR1);
+    let line = wait_for_log_line(&log, |l| l.starts_with("reaped "), WAIT).unwrap();
+    assert_eq!(
+        line,
+        format!(
+            "reaped {}:{} {}:{}",
+            kids[0],
+            7 << 8,
+            kids[1],
+            libc::SIGTERM
+        )
+    );
+}
