@@ -258,11 +258,22 @@ impl RestorePlan {
         })
     }
 
-    /// Fails with the first pid or tid that exists on the system now.
-    pub fn check_ids_free(&self) -> Result<(), PlanError> {
+    /// Fails with the first pid or tid that exists on the system now. A zombie
+    /// orphan (a task of the dumped tree, killed by the dump and handed to init, which
+    /// may take seconds to reap it) is waited for, up to `orphan_wait`.
+    pub fn check_ids_free(&self, orphan_wait: std::time::Duration) -> Result<(), PlanError> {
+        let deadline = std::time::Instant::now() + orphan_wait;
         for (pid, what) in self.ids() {
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                return Err(PlanError::IdInUse { pid, what });
+            loop {
+                let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                    Ok(stat) => stat,
+                    Err(_) if !Path::new(&format!("/proc/{pid}")).exists() => break,
+                    Err(_) => return Err(PlanError::IdInUse { pid, what }),
+                };
+                if !is_reapable_orphan(&stat) || std::time::Instant::now() >= deadline {
+                    return Err(PlanError::IdInUse { pid, what });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
         Ok(())
@@ -345,6 +356,19 @@ impl RestorePlan {
             .max()
             .unwrap_or(2)
     }
+}
+
+/// Whether a `/proc/PID/stat` line is a zombie whose parent is init: nobody but init
+/// holds it, and init reaps it eventually.
+fn is_reapable_orphan(stat: &str) -> bool {
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
+    let mut rest = stat[close + 1..].split_whitespace();
+    matches!(
+        (rest.next(), rest.next()),
+        (Some("Z") | Some("X"), Some("1"))
+    )
 }
 
 fn decode_files(entries: &[FileEntry]) -> BTreeMap<u32, FileSpec> {
@@ -615,8 +639,24 @@ mod tests {
         let mut plan = RestorePlan::load(&fixture("counter")).unwrap();
         let own = std::process::id() as i32;
         plan.processes[0].threads[0].tid = own;
-        let err = plan.check_ids_free().unwrap_err();
+        // A live process is not waited for, however long the wait allowed.
+        let started = std::time::Instant::now();
+        let err = plan
+            .check_ids_free(std::time::Duration::from_secs(30))
+            .unwrap_err();
         assert!(matches!(err, PlanError::IdInUse { pid, .. } if pid == own));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_zombie_orphans_count_as_about_to_be_free() {
+        assert!(is_reapable_orphan("42 (a) b) Z 1 42 42 0"));
+        assert!(
+            !is_reapable_orphan("42 (a) Z 7 42 42 0"),
+            "its parent may keep it"
+        );
+        assert!(!is_reapable_orphan("42 (a) S 1 42 42 0"), "alive");
+        assert!(!is_reapable_orphan("garbage"));
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub struct Restored {
     pub elapsed: Duration,
 }
 
+/// How long a pid held by a zombie orphan of the dumped tree (killed by the dump, not
+/// reaped yet by init) may delay the restore.
+const ORPHAN_WAIT: Duration = Duration::from_secs(10);
+
 /// Kills what a failed restore created.
 struct TreeGuard {
     root: Option<i32>,
@@ -142,7 +146,7 @@ impl Drop for TreeGuard {
 pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     let plan = RestorePlan::load(opts.dir)?;
-    plan.check_ids_free()?;
+    plan.check_ids_free(ORPHAN_WAIT)?;
     plan.check_mapped_files()?;
     plan.check_credentials()?;
 

@@ -522,3 +522,57 @@ fn zombies_come_back_and_their_parent_reaps_the_dumped_statuses() {
         )
     );
 }
+
+/// What a CRIU user tries first: a bash loop whose `sleep` child comes and goes. Dumped
+/// and restored three times in a row, straight after each dump (the killed `sleep` is
+/// init's to reap by then: the restorer waits for it), it counts on without a gap.
+#[test]
+fn a_bash_loop_survives_repeated_dumps_and_restores() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let script = format!(
+        "i=0; while :; do echo $((i++)) >> {}; sleep 0.1; done",
+        out.display()
+    );
+    let mut child = std::process::Command::new("/bin/bash")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let _guard = TreeGuard::new(pid);
+    let numbers = || -> Vec<u64> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let wait_for_count = |n: usize| {
+        let deadline = Instant::now() + WAIT;
+        while numbers().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the loop stopped at {:?}",
+                numbers().last()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_count(3);
+    for round in 0..3 {
+        let images = work.path().join(format!("img{round}"));
+        dump(pid, &images);
+        if round == 0 {
+            child.wait().unwrap();
+        }
+        let before = numbers().len();
+        assert_eq!(restore_detached(&images, &[]), pid);
+        wait_for_count(before + 3);
+    }
+    let all = numbers();
+    let expected: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(all, expected, "numbers skipped or repeated");
+}
