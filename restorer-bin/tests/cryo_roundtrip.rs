@@ -473,15 +473,9 @@ fn zombies_come_back_and_their_parent_reaps_the_dumped_statuses() {
         signal.signal(signal.SIGUSR1,go)\n\
         open(log,'a').write(f'ready a={a} b={b}\\n')\n\
         while True: time.sleep(0.05)";
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(&log)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
+    let log_arg = log.to_str().unwrap();
+    let mut child = Silent::spawn("/usr/bin/python3", &["-c", script, log_arg]);
+    let pid = child.pid();
     let _first = TreeGuard::new(pid);
     let line = wait_for_log_line(&log, |l| l.starts_with("ready "), WAIT).unwrap();
     let kids: Vec<i32> = ["a", "b"]
@@ -499,7 +493,7 @@ fn zombies_come_back_and_their_parent_reaps_the_dumped_statuses() {
 
     let images = work.path().join("img");
     dump(pid, &images);
-    child.wait().unwrap();
+    child.reap();
     wait_gone(&[pid, kids[0], kids[1]]);
     let root = restore_detached(&images, &[]);
     let _guard = TreeGuard::new(root);
@@ -534,14 +528,8 @@ fn a_bash_loop_survives_repeated_dumps_and_restores() {
         "i=0; while :; do echo $((i++)) >> {}; sleep 0.1; done",
         out.display()
     );
-    let mut child = std::process::Command::new("/bin/bash")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
+    let mut child = Silent::spawn("/bin/bash", &["-c", &script]);
+    let pid = child.pid();
     let _guard = TreeGuard::new(pid);
     let numbers = || -> Vec<u64> {
         std::fs::read_to_string(&out)
@@ -566,7 +554,7 @@ fn a_bash_loop_survives_repeated_dumps_and_restores() {
         let images = work.path().join(format!("img{round}"));
         dump(pid, &images);
         if round == 0 {
-            child.wait().unwrap();
+            child.reap();
         }
         let before = numbers().len();
         assert_eq!(restore_detached(&images, &[]), pid);

@@ -200,3 +200,36 @@ pub fn criu41_in(dir: &Path, args: &[&str]) {
         errors.join("\n")
     );
 }
+
+/// A child program with no stdio, killed and reaped on drop (or reaped earlier with
+/// [`Silent::reap`], once a dump has killed it).
+pub struct Silent(Child);
+
+impl Silent {
+    pub fn spawn(program: &str, args: &[&str]) -> Silent {
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        Silent(child)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Waits for the child's end (after a dump killed it).
+    pub fn reap(&mut self) {
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
