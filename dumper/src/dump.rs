@@ -551,7 +551,14 @@ fn dump_process(
     let leader = RemoteThread::new(pid, syscall_ip)?;
     let mut parasite = Parasite::plant(pid, leader)?;
     let remote_info = task::process_remote(&mut parasite)?;
-    let cores = task::cores(pid, &info.threads, &mut parasite, syscall_ip, &remote_info)?;
+    let cores = task::cores(
+        pid,
+        &info.threads,
+        &mut parasite,
+        syscall_ip,
+        &remote_info,
+        info.stop_signal,
+    )?;
 
     tracing::debug!(
         pid,

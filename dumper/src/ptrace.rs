@@ -164,13 +164,13 @@ pub fn exited(tid: i32, stop: Stop) -> PtraceError {
 ///
 /// Signals that arrive first are delivered (the tracee runs their handler and then
 /// stops), so the dump neither loses nor duplicates them.
-pub fn wait_interrupt_stop(tid: i32) -> Result<(), PtraceError> {
+pub fn wait_interrupt_stop(tid: i32) -> Result<i32, PtraceError> {
     for _ in 0..64 {
         match wait(tid)? {
             Stop::Event {
                 event: libc::PTRACE_EVENT_STOP,
-                ..
-            } => return Ok(()),
+                sig,
+            } => return Ok(sig),
             Stop::Signal(sig) => cont(tid, sig)?,
             stop @ (Stop::Exited(_) | Stop::Killed(_)) => return Err(exited(tid, stop)),
             Stop::Event { .. } | Stop::Syscall => cont(tid, 0)?,

@@ -26,6 +26,8 @@ const MARCH_X86_64: i32 = 1;
 const TASK_ALIVE: u32 = 1;
 /// `task_state` of a zombie (CRIU's TASK_DEAD).
 const TASK_DEAD: u32 = 2;
+/// `task_state` of a task in a job-control stop (CRIU's TASK_STOPPED).
+const TASK_STOPPED: u32 = 3;
 
 /// The core of a zombie: only its name and the wait status its parent will collect, as
 /// CRIU writes it (a zombie has no memory, files or registers left).
@@ -381,6 +383,7 @@ pub fn cores(
     p: &mut Parasite,
     syscall_ip: u64,
     remote_info: &ProcessRemote,
+    stop_signal: Option<i32>,
 ) -> Result<Vec<(i32, CoreEntry)>, TaskError> {
     let stat =
         crate::tree::read_stat(&format!("/proc/{pid}/stat")).map_err(|e| TaskError::Parse {
@@ -414,7 +417,12 @@ pub fn cores(
             r?
         };
         let tc = (tid == pid).then(|| TaskCoreEntry {
-            task_state: TASK_ALIVE,
+            task_state: if stop_signal.is_some() {
+                TASK_STOPPED
+            } else {
+                TASK_ALIVE
+            },
+            stop_signo: stop_signal.map(|s| s as u32),
             exit_code: 0,
             personality,
             flags: stat.flags & 0x0040_0000,

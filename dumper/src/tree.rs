@@ -58,6 +58,9 @@ pub struct TaskInfo {
     /// A zombie: its name and the wait status its parent has not collected yet. Not
     /// seized (there is nothing left to stop).
     pub zombie: Option<(String, i32)>,
+    /// Stopped by job control (state `T`) when the freeze found it: the signal that
+    /// stopped it. The dump keeps it stopped, and so does a restore.
+    pub stop_signal: Option<i32>,
 }
 
 /// Fields of `/proc/PID/stat` the dumper uses.
@@ -163,6 +166,8 @@ impl FrozenTree {
             done: false,
         };
         let mut seized: BTreeSet<i32> = BTreeSet::new();
+        // Processes found in a job-control stop, with their stop signal.
+        let mut job_stopped: std::collections::BTreeMap<i32, i32> = Default::default();
 
         loop {
             let mut found_new = false;
@@ -186,11 +191,16 @@ impl FrozenTree {
                         Some((stat.comm.clone(), stat.exit_code))
                     }
                     'Z' | 'X' => return Err(FreezeError::Zombie { pid }),
-                    'T' | 't' if !seized.contains(&pid) => {
+                    // Stopped by a debugger (another tracer): it cannot be seized.
+                    't' if !seized.contains(&pid) => {
                         return Err(FreezeError::Stopped {
                             pid,
                             state: stat.state,
                         });
+                    }
+                    'T' if !seized.contains(&pid) => {
+                        job_stopped.entry(pid).or_insert(libc::SIGSTOP);
+                        None
                     }
                     _ => None,
                 };
@@ -201,15 +211,24 @@ impl FrozenTree {
                     for &tid in &threads {
                         if seized.insert(tid) {
                             found_new = true;
-                            if let Err(e) = seize_one(pid, tid) {
+                            match seize_one(pid, tid) {
+                                Ok(sig) => {
+                                    // A group stop reports the signal that caused it.
+                                    if tid == pid
+                                        && sig != libc::SIGTRAP
+                                        && let Some(stop) = job_stopped.get_mut(&pid)
+                                    {
+                                        *stop = sig;
+                                    }
+                                }
                                 // It died between the listing and the seize: the next
                                 // pass finds it a zombie (or gone).
-                                if tid == pid && pid != root && has_died(pid) {
+                                Err(_) if tid == pid && pid != root && has_died(pid) => {
                                     seized.remove(&tid);
                                     died = true;
                                     break;
                                 }
-                                return Err(e);
+                                Err(e) => return Err(e),
                             }
                             tree.seized.push(tid);
                         }
@@ -228,6 +247,7 @@ impl FrozenTree {
                     pgid: stat.pgid,
                     sid: stat.sid,
                     threads,
+                    stop_signal: job_stopped.get(&pid).copied().filter(|_| zombie.is_none()),
                     zombie,
                 });
             }
@@ -315,7 +335,9 @@ impl Drop for FrozenTree {
     }
 }
 
-fn seize_one(pid: i32, tid: i32) -> Result<(), FreezeError> {
+/// Seizes and interrupts `tid`; returns the signal of its stop (`SIGTRAP` for a running
+/// task, the stop signal for one in a group stop).
+fn seize_one(pid: i32, tid: i32) -> Result<i32, FreezeError> {
     let wrap = |source| FreezeError::Seize { pid, tid, source };
     ptrace::seize(tid).map_err(wrap)?;
     ptrace::interrupt(tid).map_err(wrap)?;

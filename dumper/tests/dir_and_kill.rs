@@ -22,12 +22,6 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// State letter of `/proc/TID/stat`, or `None` once the entry is gone.
-fn proc_state(tid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
 fn dumper() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dumper"));
     cmd.env("RUST_LOG", "warn");
@@ -157,7 +151,7 @@ fn a_default_kill_dump_returns_once_the_killed_tasks_have_exited() {
     );
     // We are the parent and have not reaped: the leader is a zombie, the threads gone.
     for &tid in &tids {
-        let state = proc_state(tid);
+        let state = cryo_fixtures::proc_state(tid);
         assert!(
             matches!(state, None | Some('Z') | Some('X')),
             "task {tid} of {pid} still {state:?} after the dump returned"

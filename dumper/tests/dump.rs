@@ -679,3 +679,38 @@ fn a_zombie_child_is_dumped_with_its_exit_status() {
     let _ = parent.kill();
     let _ = parent.wait();
 }
+
+/// A process stopped by job control (SIGSTOP) is dumped as CRIU dumps it (task state
+/// "stopped", its stop signal) and stays stopped after a `--leave-running` dump; SIGCONT
+/// then wakes it as before.
+#[test]
+fn a_stopped_process_is_dumped_stopped_and_stays_stopped() {
+    let w = Workload::counter(4).unwrap();
+    let pid = w.pid();
+    w.wait_tick_after(pid, 1, Duration::from_secs(10)).unwrap();
+    // SAFETY: kill(2) to our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    assert!(cryo_fixtures::wait_state(pid, 'T', Duration::from_secs(5)));
+    let dir = tempfile::tempdir().unwrap();
+    dump(&opts(pid, dir.path(), true)).unwrap();
+
+    let tc = ImageSet::open(dir.path())
+        .unwrap()
+        .core(pid as u32)
+        .unwrap()
+        .tc
+        .unwrap();
+    assert_eq!(
+        (tc.task_state, tc.stop_signo),
+        (3, Some(libc::SIGSTOP as u32))
+    );
+    assert_eq!(cryo_fixtures::proc_state(pid), Some('T'));
+    assert_eq!(tracer_of(pid), "TracerPid:\t0");
+    let last = w.last_tick(pid).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(w.last_tick(pid), Some(last), "it ran while stopped");
+    // SAFETY: kill(2) to our own child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    w.wait_tick_after(pid, last, Duration::from_secs(10))
+        .unwrap();
+}

@@ -19,6 +19,8 @@ pub use cryo_format::vma::status as vma_status;
 const TASK_ALIVE: u32 = 1;
 /// `task_state` of a zombie (CRIU's TASK_DEAD).
 const TASK_DEAD: u32 = 2;
+/// `task_state` of a task in a job-control stop (CRIU's TASK_STOPPED).
+const TASK_STOPPED: u32 = 3;
 
 /// Errors building a plan.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,9 @@ pub struct ProcessPlan {
     /// A zombie: the wait status its parent is to collect. It has no memory, files or
     /// registers; it is created in its session and group and exits at once.
     pub zombie: Option<i32>,
+    /// Dumped in a job-control stop: it is stopped again (with `SIGSTOP`) before the
+    /// restorer lets it go.
+    pub stopped: bool,
 }
 
 impl ProcessPlan {
@@ -425,6 +430,7 @@ fn load_process(
             umask: 0o022,
             exe: PathBuf::new(),
             zombie: Some(tc.exit_code as i32),
+            stopped: false,
         });
     }
 
@@ -451,7 +457,8 @@ fn load_process(
             field: "tc",
         });
     };
-    if tc.task_state != TASK_ALIVE {
+    let stopped = tc.task_state == TASK_STOPPED;
+    if tc.task_state != TASK_ALIVE && !stopped {
         return Err(unsupported(format!("task state {}", tc.task_state)));
     }
     if tc.timers.as_ref().is_some_and(|t| !t.posix.is_empty()) {
@@ -510,6 +517,7 @@ fn load_process(
         umask: fs.umask.unwrap_or(0o022),
         exe,
         zombie: None,
+        stopped,
     })
 }
 

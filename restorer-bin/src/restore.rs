@@ -55,6 +55,12 @@ pub enum RestoreError {
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
     Switch(#[from] thread::SwitchError),
+    #[error("stopping process {pid} again (it was dumped stopped)")]
+    Stop {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("releasing thread {tid}")]
     Detach {
         tid: i32,
@@ -242,6 +248,16 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
         tracing::debug!(pid = p.pid, "process ready");
     }
 
+    // A process dumped in a job-control stop stops again as soon as it is let go.
+    for p in plan.processes.iter().filter(|p| p.stopped) {
+        // SAFETY: kill(2) on a process this restore created; no memory effects.
+        if unsafe { libc::kill(p.pid, libc::SIGSTOP) } < 0 {
+            return Err(RestoreError::Stop {
+                pid: p.pid,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
     for t in tracees.iter().flatten() {
         t.detach()
             .map_err(|source| RestoreError::Detach { tid: t.tid, source })?;

@@ -564,3 +564,34 @@ fn a_bash_loop_survives_repeated_dumps_and_restores() {
     let expected: Vec<u64> = (0..all.len() as u64).collect();
     assert_eq!(all, expected, "numbers skipped or repeated");
 }
+
+/// A process dumped in a job-control stop comes back stopped; SIGCONT resumes its count
+/// where it stopped.
+#[test]
+fn a_stopped_process_comes_back_stopped() {
+    let mut w = Workload::counter(4).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 1, WAIT).unwrap();
+    signal(pid, libc::SIGSTOP);
+    assert!(cryo_fixtures::wait_state(pid, 'T', WAIT));
+
+    dump_and_clear(&mut w, images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+    assert!(
+        cryo_fixtures::wait_state(pid, 'T', WAIT),
+        "not stopped after the restore"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        last_tick_of(w.log_path(), pid),
+        Some(last),
+        "it ran while stopped"
+    );
+
+    signal(pid, libc::SIGCONT);
+    wait_tick_after(w.log_path(), pid, last + 2, WAIT).unwrap();
+    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+}
