@@ -39,7 +39,7 @@ pub enum FreezeError {
     },
     #[error("process {pid} (the root, or a thread-group leader whose threads run on) has exited")]
     Zombie { pid: i32 },
-    #[error("process {pid} is stopped (state {state}); dumping stopped tasks is not supported")]
+    #[error("process {pid} is stopped by a tracer (state {state}): another debugger holds it")]
     Stopped { pid: i32, state: char },
     #[error("the dumper (pid {pid}) is itself inside the tree of {root}; run it detached")]
     SelfInTree { pid: i32, root: i32 },
