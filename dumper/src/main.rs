@@ -62,41 +62,80 @@ fn in_tree_of(mut pid: i32, root: i32) -> bool {
     pid == root
 }
 
-/// A dumper started from inside the tree it dumps (`dumper dump -t $$`) must leave the
-/// tree first: the original process forks, the child forks the worker and exits, so the
-/// worker is re-parented out of the tree; the original exits as soon as the worker is
-/// detached, and the worker waits until the original is gone before freezing.
-fn leave_tree(root: i32) -> anyhow::Result<()> {
-    use nix::unistd::{ForkResult, fork, getpid};
+/// A dumper started from inside the tree it dumps (`dumper dump -t $$`, CRaC's flow)
+/// leaves the tree first, so that it is never part of what it freezes: the invoking
+/// process forks, the child forks the worker and exits, and the worker, re-parented out
+/// of the tree, does the dump. The invoking process stays in the tree, blocked on a pipe
+/// from the worker, and is dumped with it; so the command returns only with a result:
+///
+/// - `--leave-running`: the worker writes the outcome (one byte) and the command exits 0
+///   or 1 once the tree runs on;
+/// - default (kill): the command dies with the tree, and returns 0 after a restore, when
+///   the restored pipe has no writer left (EOF) and DIR holds a complete dump.
+///
+/// Returns, in the worker, the pipe to write the outcome to.
+fn leave_tree(root: i32, dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use nix::unistd::{ForkResult, fork, getpid, getppid};
+    use std::io::Read;
 
-    let original = getpid().as_raw();
+    let (result_read, result_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("result pipe")?;
     // SAFETY: the process is single-threaded here (nothing has spawned a thread yet),
     // so the child may run arbitrary code after fork.
     match unsafe { fork() }.context("first fork")? {
         ForkResult::Parent { child } => {
+            drop(result_write);
             let _ = nix::sys::wait::waitpid(child, None);
-            std::process::exit(0);
+            let mut outcome = std::fs::File::from(result_read);
+            let mut byte = [0u8; 1];
+            let status = loop {
+                match outcome.read(&mut byte) {
+                    Ok(1) => break i32::from(byte[0]),
+                    Ok(_) if cryo_dumper::dump::is_complete(dir) => {
+                        eprintln!("dumper: restored from the checkpoint in {}", dir.display());
+                        break 0;
+                    }
+                    Ok(_) => {
+                        eprintln!("dumper: the dump worker ended without a result");
+                        break 1;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        eprintln!("dumper: waiting for the dump worker: {e}");
+                        break 1;
+                    }
+                }
+            };
+            std::process::exit(status);
         }
         ForkResult::Child => {}
     }
+    drop(result_read);
     nix::unistd::setsid().context("setsid")?;
+    let intermediate = getpid().as_raw();
     // SAFETY: still single-threaded, as above.
     match unsafe { fork() }.context("second fork")? {
         ForkResult::Parent { .. } => std::process::exit(0),
         ForkResult::Child => {}
     }
 
+    // The invoking process reaps the intermediate one before it waits on the pipe: no
+    // zombie of ours is left in the tree.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{original}")).exists() {
+    while getppid().as_raw() == intermediate
+        || std::path::Path::new(&format!("/proc/{intermediate}")).exists()
+    {
         if std::time::Instant::now() > deadline {
-            anyhow::bail!("the invoking dumper process {original} was not reaped within 10 s");
+            anyhow::bail!(
+                "the intermediate dumper process {intermediate} was not reaped within 10 s"
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     if in_tree_of(getpid().as_raw(), root) {
         anyhow::bail!("still inside the tree of {root} after the double fork (a subreaper?)");
     }
-    Ok(())
+    Ok(std::fs::File::from(result_write))
 }
 
 fn main() -> std::process::ExitCode {
@@ -110,12 +149,22 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    if let Some(Command::Dump { pid, .. }) = Cli::try_parse().ok().map(|c| c.command)
+    let mut outcome = None;
+    if let Some(Command::Dump { pid, dir, .. }) = Cli::try_parse().ok().map(|c| c.command)
         && in_tree_of(std::process::id() as i32, pid)
     {
-        leave_tree(pid)?;
+        outcome = Some(leave_tree(pid, &dir)?);
     }
+    let result = dump_command();
+    if let Some(mut pipe) = outcome {
+        // The invoking process exits with this (after a --leave-running dump; a killed
+        // tree has nobody left to read it).
+        let _ = std::io::Write::write_all(&mut pipe, &[u8::from(result.is_err())]);
+    }
+    result
+}
 
+fn dump_command() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -325,12 +325,12 @@ fn a_shell_checkpoints_itself_through_the_double_fork() {
     let img = dir.path().join("img");
     let log = dir.path().join("shell.log");
     let script = format!(
-        "{} dump -t $$ -D {} --leave-running >{}/dumper.out 2>&1; i=0; \
-         while :; do i=$((i+1)); echo tick=$i >> {}; sleep 0.1; done",
+        "{} dump -t $$ -D {} --leave-running >{}/dumper.out 2>&1; echo rc=$? >> {log}; i=0; \
+         while :; do i=$((i+1)); echo tick=$i >> {log}; sleep 0.1; done",
         env!("CARGO_BIN_EXE_dumper"),
         img.display(),
         dir.path().display(),
-        log.display()
+        log = log.display()
     );
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
@@ -360,9 +360,25 @@ fn a_shell_checkpoints_itself_through_the_double_fork() {
     }
     let set = ImageSet::open(&img).unwrap();
     assert_eq!(set.root().unwrap().pid, shell as u32);
-    let comm = set.core(shell as u32).unwrap().tc.unwrap().comm;
-    assert_eq!(comm, "sh", "the dumper itself is not in the image");
+    let comm = |pid: u32| set.core(pid).unwrap().tc.unwrap().comm;
+    assert_eq!(comm(shell as u32), "sh");
+    // The invoking dumper waits in the tree for the outcome (and is dumped with it);
+    // the worker that froze the tree is not in it.
+    let pstree = set.pstree().unwrap();
+    assert_eq!(pstree.len(), 2, "{pstree:?}");
+    assert_eq!(pstree[1].ppid, shell as u32);
+    assert_eq!(comm(pstree[1].pid), "dumper");
 
+    // The command returned only once the dump was done, with its outcome.
+    let rc =
+        cryo_fixtures::wait_for_log_line(&log, |l| l.starts_with("rc="), Duration::from_secs(10))
+            .unwrap();
+    assert_eq!(
+        rc,
+        "rc=0",
+        "{}",
+        std::fs::read_to_string(dir.path().join("dumper.out")).unwrap_or_default()
+    );
     cryo_fixtures::wait_for_log_line(&log, |l| l == "tick=5", Duration::from_secs(10)).unwrap();
     let _ = child.kill();
     let _ = child.wait();

@@ -595,3 +595,43 @@ fn a_stopped_process_comes_back_stopped() {
     wait_tick_after(w.log_path(), pid, last + 2, WAIT).unwrap();
     assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
 }
+
+/// CRaC's flow end to end: a shell checkpoints itself (`dumper dump -t $$`, default
+/// kill), and is restored. The command the shell ran then returns 0 after the restore,
+/// and the shell carries on with what follows it.
+#[test]
+fn a_self_checkpoint_returns_after_the_restore() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("img");
+    let log = work.path().join("log");
+    let script = format!(
+        "echo before >> {log}; {} dump -t $$ -D {} 2>>{log}; echo rc=$? >> {log}",
+        workspace_bin("cryo-dumper", "dumper").display(),
+        img.display(),
+        log = log.display()
+    );
+    let mut shell = Silent::spawn("/bin/sh", &["-c", &script]);
+    let pid = shell.pid();
+    let _first = TreeGuard::new(pid);
+    let deadline = Instant::now() + WAIT;
+    while !img.join("inventory.img").exists() {
+        assert!(Instant::now() < deadline, "no complete dump");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shell.reap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("rc="),
+        "the command returned before the restore: {text}"
+    );
+
+    let set = cryo_format::ImageSet::open(&img).unwrap();
+    let pids: Vec<i32> = set.pstree().unwrap().iter().map(|e| e.pid as i32).collect();
+    wait_gone(&pids);
+    assert_eq!(restore_detached(&img, &[]), pid);
+    let _guard = TreeGuard::new(pid);
+    let rc = wait_for_log_line(&log, |l| l.starts_with("rc="), WAIT).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(rc, "rc=0", "{text}");
+    assert!(text.contains("restored from the checkpoint"), "{text}");
+}

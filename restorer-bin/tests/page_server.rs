@@ -16,31 +16,9 @@ use cryo_fixtures::{TreeGuard, Workload, field, last_tick_of, wait_for_log_line,
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// The `pageserver` binary of this workspace, built if it is missing.
+/// The `pageserver` binary of this workspace.
 fn pageserver_bin() -> PathBuf {
-    // Test binaries live in target/<profile>/deps; binaries one level up.
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("pageserver");
-    let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "cryo-pageserver",
-        "--bin",
-        "pageserver",
-    ])
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if cfg!(not(debug_assertions)) {
-        cmd.arg("--release");
-    }
-    let out = run_bounded(cmd, Duration::from_secs(300));
-    assert!(
-        out.status.success() || bin.exists(),
-        "building pageserver failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
+    workspace_bin("cryo-pageserver", "pageserver")
 }
 
 /// A `pageserver serve` process on a free loopback port with a store of its own;

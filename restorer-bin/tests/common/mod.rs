@@ -233,3 +233,24 @@ impl Drop for Silent {
         self.0.wait().ok();
     }
 }
+
+/// Binary `bin` of workspace package `package`, built (in this test build's profile)
+/// if it is missing or stale.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    // Test binaries live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(bin);
+    let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    cmd.args(["build", "-q", "-p", package, "--bin", bin])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if cfg!(not(debug_assertions)) {
+        cmd.arg("--release");
+    }
+    let out = run_bounded(cmd, Duration::from_secs(300));
+    assert!(
+        out.status.success() || path.exists(),
+        "building {bin} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
