@@ -11,9 +11,11 @@
 //! character devices other than terminals are `REG` too, reopened by path on restore
 //! (as CRIU does for `/dev/null`); pipes are `PIPE` with the pipe inode as `pipe_id`.
 //! Their buffered bytes are taken without consuming them: the pipe is opened a second
-//! time through `/proc/PID/fd/N` and `tee`d into a pipe of the dumper's own. Anything
-//! else (sockets, io_uring, eventfd, memfd, terminals, named fifos, deleted files) is an
-//! [`FilesError::Unsupported`] error naming the pid, fd and kind.
+//! time through `/proc/PID/fd/N` and `tee`d into a pipe of the dumper's own. eventfd,
+//! timerfd, signalfd and epoll fds are read from their fdinfo ([`crate::anon`]).
+//! Anything else (sockets, io_uring, inotify, memfd, terminals without `--shell-job`,
+//! named fifos, deleted files) is an [`FilesError::Unsupported`] error naming the pid,
+//! fd and kind.
 
 use std::collections::HashMap;
 use std::fs;
@@ -25,6 +27,8 @@ use cryo_format::schema::{
     TtyFileEntry, TtyInfoEntry,
 };
 use thiserror::Error;
+
+use crate::anon;
 
 const KCMP_FILE: i32 = 0;
 
@@ -40,6 +44,12 @@ pub enum FilesError {
         what: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    #[error("process {pid}: fd {fd}: no readable {what} in its /proc fdinfo")]
+    Parse {
+        pid: i32,
+        fd: i32,
+        what: &'static str,
     },
     #[error("process {pid}: cannot list its fds")]
     List {
@@ -212,7 +222,13 @@ impl FileTable {
         } else if target.starts_with("socket:[") {
             return Err(unsupported("socket"));
         } else if let Some(anon) = target.strip_prefix("anon_inode:") {
-            return Err(unsupported(&format!("anon inode {anon}")));
+            match anon {
+                "[eventfd]" => FdTypes::Eventfd,
+                "[timerfd]" => FdTypes::Timerfd,
+                "[signalfd]" => FdTypes::Signalfd,
+                "[eventpoll]" => FdTypes::Eventpoll,
+                _ => return Err(unsupported(&format!("anon inode {anon}"))),
+            }
         } else if target.starts_with("/memfd:") {
             return Err(unsupported("memfd"));
         } else if target.ends_with(" (deleted)") {
@@ -277,6 +293,27 @@ impl FileTable {
                     fd: fd as u32,
                     ..FdinfoEntry::default()
                 });
+            }
+            FdTypes::Eventfd | FdTypes::Timerfd | FdTypes::Signalfd | FdTypes::Eventpoll => {
+                let bad = |what: &'static str| FilesError::Parse { pid, fd, what };
+                match kind {
+                    FdTypes::Eventfd => {
+                        entry.efd =
+                            Some(anon::eventfd(id, file_flags, fown(), &info).map_err(bad)?);
+                    }
+                    FdTypes::Timerfd => {
+                        entry.tfd =
+                            Some(anon::timerfd(id, file_flags, fown(), &info).map_err(bad)?);
+                    }
+                    FdTypes::Signalfd => {
+                        entry.sgfd =
+                            Some(anon::signalfd(id, file_flags, fown(), &info).map_err(bad)?);
+                    }
+                    _ => {
+                        entry.epfd =
+                            Some(anon::eventpoll(id, file_flags, fown(), &info).map_err(bad)?);
+                    }
+                }
             }
             FdTypes::Pipe => {
                 let pipe_id = meta.ino() as u32;

@@ -18,6 +18,7 @@
 //! All tracing of a tree happens on the thread that calls [`dump::dump`] (ptrace is
 //! thread-affine); only the page drain runs on a helper thread.
 
+pub mod anon;
 pub mod dump;
 pub mod files;
 pub mod ids;

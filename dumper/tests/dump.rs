@@ -730,3 +730,63 @@ fn a_stopped_process_is_dumped_stopped_and_stays_stopped() {
     w.wait_tick_after(pid, last, Duration::from_secs(10))
         .unwrap();
 }
+
+/// An event loop's eventfd, timerfd, signalfd and epoll fds are dumped with what the
+/// kernel holds for them (as CRIU writes them), and the loop goes on undisturbed.
+#[test]
+fn event_loop_fds_are_dumped_with_their_state() {
+    let w = Workload::evloop().unwrap();
+    let pid = w.pid();
+    w.wait_tick_after(pid, 1, Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    dump(&opts(pid, dir.path(), true)).unwrap();
+
+    let set = ImageSet::open(dir.path()).unwrap();
+    let files = set.files().unwrap();
+    let one = |kind: FdTypes| {
+        let found: Vec<&FileEntry> = files.iter().filter(|f| f.r#type == kind as i32).collect();
+        assert_eq!(found.len(), 1, "{kind:?}");
+        found[0].clone()
+    };
+    let efd = one(FdTypes::Eventfd).efd.unwrap();
+    assert_eq!(efd.counter, cryo_fixtures::EVLOOP_EFD_COUNT);
+    assert_eq!(efd.flags, (libc::O_RDWR | libc::O_NONBLOCK) as u32);
+    let tfd = one(FdTypes::Timerfd).tfd.unwrap();
+    assert_eq!(
+        (tfd.clockid, tfd.isec, tfd.insec),
+        (libc::CLOCK_MONOTONIC as u32, 0, 100_000_000)
+    );
+    assert!(tfd.vsec == 0 && tfd.vnsec <= 100_000_000, "{tfd:?}");
+    assert_eq!(
+        one(FdTypes::Signalfd).sgfd.unwrap().sigmask,
+        1 << (libc::SIGUSR1 - 1)
+    );
+    let ep = one(FdTypes::Eventpoll).epfd.unwrap();
+    // The registrations name the fds of the other three, with their events and data.
+    let fd_of = |kind: FdTypes| {
+        let id = one(kind).id;
+        let table = set.fdinfo(set.ids(pid as u32).unwrap().files_id).unwrap();
+        table.iter().find(|f| f.id == id).unwrap().fd
+    };
+    let mut regs: Vec<(u32, u64)> = ep.tfd.iter().map(|t| (t.tfd, t.data)).collect();
+    regs.sort();
+    let mut want = vec![
+        (fd_of(FdTypes::Timerfd), 1),
+        (fd_of(FdTypes::Signalfd), 2),
+        (fd_of(FdTypes::Eventfd), 3),
+    ];
+    want.sort();
+    assert_eq!(regs, want);
+    let efd_events = ep.tfd.iter().find(|t| t.data == 3).unwrap().events;
+    assert_ne!(efd_events & libc::EPOLLET as u32, 0);
+    crit_decodes_every_image(dir.path());
+
+    // Undisturbed: it ticks on, and its eventfd still holds the count.
+    let last = w.last_tick(pid).unwrap();
+    w.wait_tick_after(pid, last + 2, Duration::from_secs(10))
+        .unwrap();
+    // SAFETY: kill(2) to our own child.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    w.wait_for_line(|l| l == "usr1 efd=5 epoll=3", Duration::from_secs(5))
+        .unwrap();
+}
