@@ -12,6 +12,8 @@
 //!   pipes-data.img, and every end is reopened through `/proc/self/fd` so each file id
 //!   gets its own file description with its own flags.
 //! - A tty (a shell job) is the restorer's own terminal, and needs `--shell-job`.
+//! - Eventfds, timerfds, signalfds and epoll instances are made again by their
+//!   system calls (see `anonfd`); an epoll instance starts empty.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
@@ -65,6 +67,8 @@ pub enum FileError {
     TtyNeedsShellJob { id: u32 },
     #[error("file id {id}: the restorer has no terminal on fd 0 to hand over")]
     NoTty { id: u32 },
+    #[error(transparent)]
+    Anon(#[from] crate::anonfd::AnonFdError),
     #[error("file id {id}: moving the descriptor above {base} failed")]
     Dup {
         id: u32,
@@ -124,6 +128,7 @@ pub fn open_all(plan: &RestorePlan, base: RawFd, shell_job: bool) -> Result<Open
                 nix::unistd::dup(std::os::fd::AsFd::as_fd(&std::io::stdin()))
                     .map_err(|source| FileError::Dup { id, base, source })?
             }
+            FileSpec::Anon(anon) => anon.open(id)?,
         };
         let high = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(base))
             .map_err(|source| FileError::Dup { id, base, source })?;

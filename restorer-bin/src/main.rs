@@ -11,7 +11,8 @@
 //!    process — still a copy of the restorer — enters its session and group, forks its
 //!    own children the same way (so each keeps its dumped parent), sets umask, cwd,
 //!    signal actions and its fd table (file objects opened once in the restorer and
-//!    inherited, then `dup3`ed onto their numbers), creates its threads with their
+//!    inherited, then `dup3`ed onto their numbers; then its epoll registrations, which
+//!    are keyed by those numbers), creates its threads with their
 //!    tids, reports on a pipe and parks with all signals blocked. With a
 //!    `timens-0.img`, the tree is born in a time namespace that continues the dumped
 //!    monotonic and boot-time clocks.
@@ -55,11 +56,13 @@
 //!   checkpoint, pid and vaddr), then written by the same path as local pages.
 //!
 //! Modules, in the order a restore uses them: [`plan`] (images → checked plan),
-//! [`files`] (file objects opened in the restorer), [`spawn`] (the tree), [`inject`]
+//! [`files`] (file objects opened in the restorer, with [`anonfd`] for eventfd, timerfd,
+//! signalfd and epoll), [`spawn`] (the tree), [`inject`]
 //! (ptrace and remote syscalls), [`maps`], [`memory`] (address space) with [`vdso`],
 //! [`pages`] (fed by [`netpages`] with `--page-server`) and [`uffd`], [`timens`], [`regs`] and
 //! [`thread`] (the switch), [`restore`] (orchestration and cleanup), [`waiter`].
 
+mod anonfd;
 mod files;
 mod inject;
 mod maps;

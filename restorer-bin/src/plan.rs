@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use cryo_format::ImageSet;
 use cryo_format::schema::{CoreEntry, FdTypes, FileEntry, MmEntry, PstreeEntry, SaEntry, VmaEntry};
 
+use crate::anonfd::AnonFile;
+
 pub use cryo_format::vma::status as vma_status;
 
 /// CRIU's task states.
@@ -74,6 +76,8 @@ pub enum PlanError {
         path: PathBuf,
         problem: String,
     },
+    #[error("task {pid}: epoll fd {epfd} watches fd {fd}, which the task does not have open")]
+    EpollTarget { pid: i32, epfd: i32, fd: i32 },
     #[error("pid {pid} ({what}) is already in use on this system")]
     IdInUse { pid: i32, what: &'static str },
 }
@@ -92,6 +96,8 @@ pub enum FileSpec {
         flags: u32,
     },
     Tty,
+    /// An eventfd, timerfd, signalfd or epoll instance.
+    Anon(AnonFile),
 }
 
 /// One descriptor of a task's fd table.
@@ -100,6 +106,17 @@ pub struct FdPlan {
     pub fd: i32,
     pub file_id: u32,
     pub cloexec: bool,
+}
+
+/// One registration that a process makes in an epoll instance once its fds are in
+/// place: `EPOLL_CTL_ADD` of fd `target` to epoll fd `epfd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollRegistration {
+    pub epfd: i32,
+    pub target: i32,
+    /// As dumped (with the implicit EPOLLERR|EPOLLHUP).
+    pub events: u32,
+    pub data: u64,
 }
 
 /// One thread: its id and its core image.
@@ -122,6 +139,9 @@ pub struct ProcessPlan {
     pub threads: Vec<ThreadPlan>,
     pub mm: MmEntry,
     pub fds: Vec<FdPlan>,
+    /// The registrations of the epoll instances this process makes (see
+    /// [`plan_epoll_registrations`]).
+    pub epoll: Vec<EpollRegistration>,
     pub cwd: Option<PathBuf>,
     pub root: Option<PathBuf>,
     pub umask: u32,
@@ -247,6 +267,7 @@ impl RestorePlan {
         if processes.is_empty() {
             return Err(PlanError::EmptyTree { image: pstree_path });
         }
+        plan_epoll_registrations(&mut processes, &files)?;
         Ok(RestorePlan {
             processes,
             files,
@@ -393,6 +414,8 @@ fn decode_files(entries: &[FileEntry]) -> BTreeMap<u32, FileSpec> {
             }
         } else if entry.tty.is_some() {
             FileSpec::Tty
+        } else if let Some(anon) = AnonFile::decode(entry) {
+            FileSpec::Anon(anon)
         } else {
             continue;
         };
@@ -425,6 +448,7 @@ fn load_process(
             }],
             mm: MmEntry::default(),
             fds: Vec::new(),
+            epoll: Vec::new(),
             cwd: None,
             root: None,
             umask: 0o022,
@@ -512,6 +536,7 @@ fn load_process(
         threads,
         mm,
         fds,
+        epoll: Vec::new(),
         cwd,
         root,
         umask: fs.umask.unwrap_or(0o022),
@@ -523,7 +548,55 @@ fn load_process(
 
 /// fd types whose file entries we decode; anything else is "unsupported", not "unknown".
 fn files_has_type(ty: i32) -> bool {
-    ty != FdTypes::Reg as i32 && ty != FdTypes::Pipe as i32 && ty != FdTypes::Tty as i32
+    let decoded = [
+        FdTypes::Reg,
+        FdTypes::Pipe,
+        FdTypes::Tty,
+        FdTypes::Eventfd,
+        FdTypes::Timerfd,
+        FdTypes::Signalfd,
+        FdTypes::Eventpoll,
+    ];
+    !decoded.iter().any(|&t| t as i32 == ty)
+}
+
+/// Gives the registrations of every epoll instance to the first process, in tree
+/// order, that has it open: the fd numbers of the image are that process's. Each
+/// watched fd must be open in it.
+fn plan_epoll_registrations(
+    processes: &mut [ProcessPlan],
+    files: &BTreeMap<u32, FileSpec>,
+) -> Result<(), PlanError> {
+    let mut assigned = HashSet::new();
+    for p in processes.iter_mut() {
+        let mut registrations = Vec::new();
+        for f in &p.fds {
+            let Some(FileSpec::Anon(AnonFile::Eventpoll { targets, .. })) = files.get(&f.file_id)
+            else {
+                continue;
+            };
+            if !assigned.insert(f.file_id) {
+                continue;
+            }
+            for t in targets {
+                if !p.fds.iter().any(|g| g.fd == t.fd) {
+                    return Err(PlanError::EpollTarget {
+                        pid: p.pid,
+                        epfd: f.fd,
+                        fd: t.fd,
+                    });
+                }
+                registrations.push(EpollRegistration {
+                    epfd: f.fd,
+                    target: t.fd,
+                    events: t.events,
+                    data: t.data,
+                });
+            }
+        }
+        p.epoll = registrations;
+    }
+    Ok(())
 }
 
 fn check_vmas(
@@ -705,6 +778,97 @@ mod tests {
     fn missing_directory_is_an_error() {
         let err = RestorePlan::load(Path::new("/nonexistent/cryo")).unwrap_err();
         assert!(matches!(err, PlanError::Images(_)));
+    }
+
+    /// The pipe tree with epoll file 900 at fd 40 of both children, watching `targets`.
+    fn tree_with_epoll(targets: &[i32]) -> (Vec<ProcessPlan>, BTreeMap<u32, FileSpec>) {
+        let plan = RestorePlan::load(&fixture("pipe-tree")).unwrap();
+        let mut files = plan.files.clone();
+        let targets = targets
+            .iter()
+            .map(|&fd| crate::anonfd::EpollTarget {
+                fd,
+                events: 25,
+                data: fd as u64,
+            })
+            .collect();
+        files.insert(
+            900,
+            FileSpec::Anon(AnonFile::Eventpoll { flags: 2, targets }),
+        );
+        let mut processes = plan.processes.clone();
+        for p in &mut processes[1..] {
+            p.fds.push(FdPlan {
+                fd: 40,
+                file_id: 900,
+                cloexec: false,
+            });
+        }
+        (processes, files)
+    }
+
+    #[test]
+    fn epoll_registrations_go_to_the_first_process_with_the_instance() {
+        let (mut processes, files) = tree_with_epoll(&[0, 1]);
+        plan_epoll_registrations(&mut processes, &files).unwrap();
+        assert!(processes[0].epoll.is_empty());
+        let targets: Vec<(i32, i32, u64)> = processes[1]
+            .epoll
+            .iter()
+            .map(|r| (r.epfd, r.target, r.data))
+            .collect();
+        assert_eq!(targets, [(40, 0, 0), (40, 1, 1)]);
+        assert!(
+            processes[2].epoll.is_empty(),
+            "registered once, by the first"
+        );
+    }
+
+    #[test]
+    fn epoll_watching_a_closed_fd_is_refused_with_pid_and_fds() {
+        let (mut processes, files) = tree_with_epoll(&[0, 77]);
+        let err = plan_epoll_registrations(&mut processes, &files).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PlanError::EpollTarget {
+                    pid: 13238,
+                    epfd: 40,
+                    fd: 77
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "task 13238: epoll fd 40 watches fd 77, which the task does not have open"
+        );
+    }
+
+    #[test]
+    fn anonymous_files_are_decoded_and_others_still_unsupported() {
+        use cryo_format::schema::{EventfdFileEntry, FownEntry};
+        let entry = FileEntry {
+            r#type: FdTypes::Eventfd as i32,
+            id: 6,
+            efd: Some(EventfdFileEntry {
+                id: 6,
+                flags: 2050,
+                fown: FownEntry::default(),
+                counter: 5,
+            }),
+            ..Default::default()
+        };
+        let files = decode_files(&[entry]);
+        assert_eq!(
+            files[&6],
+            FileSpec::Anon(AnonFile::Eventfd {
+                flags: 2050,
+                counter: 5
+            })
+        );
+        assert!(!files_has_type(FdTypes::Eventpoll as i32));
+        assert!(files_has_type(FdTypes::Inotify as i32));
     }
 
     #[test]

@@ -327,6 +327,14 @@ fn spawn_plan(
                 (src, f.fd, f.cloexec)
             })
             .collect();
+        let epoll = p
+            .epoll
+            .iter()
+            .map(|r| {
+                let events = crate::anonfd::registration_events(r.events);
+                (r.epfd, r.target, events, r.data)
+            })
+            .collect();
         let sigactions = p
             .sigactions()
             .into_iter()
@@ -348,6 +356,7 @@ fn spawn_plan(
             children: p.children.clone(),
             threads: p.threads.iter().skip(1).map(|t| t.tid).collect(),
             fds,
+            epoll,
             root: p.root.as_deref().map(cstring).transpose()?,
             cwd: p.cwd.as_deref().map(cstring).transpose()?,
             umask: p.umask,

@@ -4,7 +4,8 @@
 //! [`child_main`] — still the restorer's code, in a copy of its address space — which
 //! puts the process into its session and group, forks the process's own children
 //! (so each one gets its dumped parent), sets what is simplest to set from inside
-//! (umask, root, cwd, signal actions, the fd table, the threads with their tids),
+//! (umask, root, cwd, signal actions, the fd table and then the epoll registrations,
+//! which the kernel keys by fd number, the threads with their tids),
 //! reports on a pipe and parks in `pause()` with every signal blocked. The restorer
 //! then seizes the parked tasks and rebuilds their memory and registers from outside
 //! (see `memory` and `thread`).
@@ -78,6 +79,8 @@ pub struct SpawnNode {
     pub threads: Vec<i32>,
     /// `(source fd in the restorer, target fd, close-on-exec)`.
     pub fds: Vec<(RawFd, RawFd, bool)>,
+    /// `(epoll fd, watched fd, events, data)`, registered once `fds` are installed.
+    pub epoll: Vec<(RawFd, RawFd, u32, u64)>,
     pub root: Option<CString>,
     pub cwd: Option<CString>,
     pub umask: u32,
@@ -106,13 +109,14 @@ pub enum Stage {
     Fds = 7,
     Thread = 8,
     Parent = 9,
+    Epoll = 10,
 }
 
 impl Stage {
     fn from_raw(v: i32) -> Option<Stage> {
         use Stage::*;
         [
-            Ready, Clone, Setsid, Setpgid, Root, Cwd, Sigaction, Fds, Thread, Parent,
+            Ready, Clone, Setsid, Setpgid, Root, Cwd, Sigaction, Fds, Thread, Parent, Epoll,
         ]
         .into_iter()
         .find(|s| *s as i32 == v)
@@ -130,6 +134,7 @@ impl Stage {
             Stage::Fds => "installing descriptors",
             Stage::Thread => "clone3 of a thread with set_tid",
             Stage::Parent => "checking the parent",
+            Stage::Epoll => "epoll registration",
         }
     }
 }
@@ -144,6 +149,14 @@ pub enum SpawnError {
         pid: i32,
         stage: &'static str,
         hint: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("creating pid {pid}: epoll registration of fd {fd} (in epoll fd {epfd}) failed")]
+    Epoll {
+        pid: i32,
+        epfd: RawFd,
+        fd: RawFd,
         #[source]
         source: Errno,
     },
@@ -167,6 +180,9 @@ struct Report {
     pid: i32,
     stage: i32,
     errno: i32,
+    /// The descriptors the failed step concerned (epoll: the epoll fd and the
+    /// watched fd), or -1.
+    fds: [RawFd; 2],
 }
 
 /// Creates the tree of `plan`. On error, whatever was created is left for the caller's
@@ -266,6 +282,14 @@ fn collect_reports(
         }
         match Stage::from_raw(rec.stage) {
             Some(Stage::Ready) => ready.push(rec.pid),
+            Some(Stage::Epoll) => {
+                return Err(SpawnError::Epoll {
+                    pid: rec.pid,
+                    epfd: rec.fds[0],
+                    fd: rec.fds[1],
+                    source: Errno::from_raw(rec.errno),
+                });
+            }
             Some(stage) => return Err(child_error(rec.pid, stage, Errno::from_raw(rec.errno))),
             None => return Err(SpawnError::Pipe(Errno::EPROTO)),
         }
@@ -347,16 +371,23 @@ pub unsafe fn spawn_parked_thread(tid: i32) -> i64 {
 }
 
 fn report(fd: RawFd, pid: i32, stage: Stage, errno: i32) {
-    let rec = Report {
-        pid,
-        stage: stage as i32,
-        errno,
-    };
+    send(
+        fd,
+        &Report {
+            pid,
+            stage: stage as i32,
+            errno,
+            fds: [-1, -1],
+        },
+    );
+}
+
+fn send(fd: RawFd, rec: &Report) {
     // SAFETY: writes a plain struct smaller than PIPE_BUF (atomic).
     unsafe {
         libc::write(
             fd,
-            (&rec as *const Report).cast(),
+            (rec as *const Report).cast(),
             std::mem::size_of::<Report>(),
         )
     };
@@ -491,6 +522,26 @@ unsafe fn child_main(plan: &SpawnPlan, index: usize, report_fd: RawFd, parent: i
             let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
             if libc::dup3(src, dst, flags) < 0 {
                 fail(report_fd, node.pid, Stage::Fds);
+            }
+        }
+        for &(epfd, fd, events, data) in &node.epoll {
+            let mut event = libc::epoll_event { events, u64: data };
+            let ret = libc::syscall(
+                libc::SYS_epoll_ctl,
+                epfd,
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut event as *mut libc::epoll_event,
+            );
+            if ret < 0 {
+                let rec = Report {
+                    pid: node.pid,
+                    stage: Stage::Epoll as i32,
+                    errno: Errno::last_raw(),
+                    fds: [epfd, fd],
+                };
+                send(report_fd, &rec);
+                libc::_exit(1);
             }
         }
 

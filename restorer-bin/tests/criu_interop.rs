@@ -293,10 +293,7 @@ fn truncated_image_is_named_and_nothing_is_started() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(criu_set("counter")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    copy_images(&criu_set("counter"), dir.path());
     let core = dir.path().join("core-13131.img");
     let len = std::fs::metadata(&core).unwrap().len();
     std::fs::OpenOptions::new()

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cryo_fixtures::{TreeGuard, Workload, field, last_tick_of, wait_for_log_line, wait_tick_after};
+use cryo_fixtures::{
+    EVLOOP_EFD_COUNT, TreeGuard, Workload, field, last_tick_of, wait_for_log_line, wait_tick_after,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -56,6 +58,15 @@ fn dump_helper() {
 fn dump_and_clear(w: &mut Workload, dir: &Path) {
     let pids = w.tree_pids();
     dump(w.pid(), dir);
+    w.wait_exit(WAIT);
+    wait_gone(&pids);
+}
+
+/// Dumps the workload's tree with CRIU 4.1 (which kills it), then waits until its pids
+/// are free again.
+fn criu_dump_and_clear(w: &mut Workload, dir: &Path) {
+    let pids = w.tree_pids();
+    criu41_in(dir, &["dump", "-t", &w.pid().to_string()]);
     w.wait_exit(WAIT);
     wait_gone(&pids);
 }
@@ -440,11 +451,8 @@ fn cryo_restores_threads_criu_dumped() {
     let pid = w.pid();
     wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
     let tids = cryo_fixtures::thread_ids(pid);
-    let pids = w.tree_pids();
 
-    criu41_in(images.path(), &["dump", "-t", &pid.to_string()]);
-    w.wait_exit(WAIT);
-    wait_gone(&pids);
+    criu_dump_and_clear(&mut w, images.path());
     let last = last_tick_of(w.log_path(), pid).unwrap();
     let root = restore_detached(images.path(), &[]);
     let _guard = TreeGuard::new(root);
@@ -453,6 +461,131 @@ fn cryo_restores_threads_criu_dumped() {
     assert_eq!(cryo_fixtures::thread_ids(root), tids);
     wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
     assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+}
+
+/// What /proc tells of `pid`'s descriptors on anonymous inodes (eventfd, timerfd,
+/// signalfd, epoll) that a restore must keep, by fd: the kind, the flags, the file's
+/// state and, for epoll, each registration's fd, events and data. Left out: what
+/// moves on by itself (the timer's value, its ticks) and what the kernel picks (ids,
+/// inode numbers, the order of registrations).
+fn anon_fd_states(pid: i32) -> Vec<(i32, Vec<String>)> {
+    let keep = [
+        "flags:",
+        "eventfd-count:",
+        "eventfd-semaphore:",
+        "clockid:",
+        "settime flags:",
+        "it_interval:",
+        "sigmask:",
+    ];
+    let words = |l: &str, n: usize| l.split_whitespace().take(n).collect::<Vec<_>>().join(" ");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let link = std::fs::read_link(entry.path()).unwrap();
+        let Some(kind) = link.to_str().and_then(|l| l.strip_prefix("anon_inode:")) else {
+            continue;
+        };
+        let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        let mut state: Vec<String> = info
+            .lines()
+            .filter_map(|l| match l.starts_with("tfd:") {
+                // tfd: N events: E data: D
+                true => Some(words(l, 6)),
+                false => keep.iter().any(|k| l.starts_with(k)).then(|| words(l, 9)),
+            })
+            .collect();
+        state.sort();
+        state.insert(0, kind.to_string());
+        out.push((fd, state));
+    }
+    out.sort();
+    out
+}
+
+/// An event loop CRIU 4.1 dumped — epoll over a periodic timerfd, a signalfd and an
+/// eventfd — comes back under cryo's restorer with each file's flags and state and
+/// every registration: the timer ticks on through epoll, and SIGUSR1 reaches the
+/// signalfd, finds the eventfd's count and all three fds registered.
+#[test]
+fn cryo_restores_an_event_loop_criu_dumped() {
+    let mut w = Workload::evloop().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+    let before = anon_fd_states(pid);
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    criu_dump_and_clear(&mut w, images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+    assert_eq!(root, pid);
+
+    assert_eq!(anon_fd_states(pid), before);
+    wait_tick_after(w.log_path(), pid, last + 3, WAIT).unwrap();
+    assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
+    signal(pid, libc::SIGUSR1);
+    let line = wait_for_log_line(w.log_path(), |l| l.starts_with("usr1 "), WAIT).unwrap();
+    assert_eq!(line, format!("usr1 efd={EVLOOP_EFD_COUNT} epoll=3"));
+}
+
+/// Points the first registration of the (only) epoll instance in `dir` at fd `target`;
+/// returns the epoll fd's number.
+fn retarget_epoll_watch(dir: &Path, target: u32) -> u32 {
+    use cryo_format::schema::FdTypes;
+    let set = cryo_format::ImageSet::open(dir).unwrap();
+    let mut files = set.files().unwrap();
+    let epoll = files.iter_mut().find_map(|f| f.epfd.as_mut()).unwrap();
+    epoll.tfd[0].tfd = target;
+    let epoll_id = epoll.id;
+    let magic = cryo_format::magic::well_known::files();
+    let mut w = cryo_format::ImageWriter::create(dir.join("files.img"), magic).unwrap();
+    for f in &files {
+        w.write(f).unwrap();
+    }
+    w.finish().unwrap();
+
+    let pid = set.pstree().unwrap()[0].pid;
+    let fdinfo = set.fdinfo(set.ids(pid).unwrap().files_id).unwrap();
+    let epfd = fdinfo
+        .iter()
+        .find(|f| f.id == epoll_id && f.r#type == FdTypes::Eventpoll as i32)
+        .unwrap();
+    epfd.fd
+}
+
+/// Bad epoll registrations fail the restore and leave nothing running: one watching an
+/// fd the process does not have is refused before anything starts, naming the task
+/// and both fds; one the kernel refuses (a regular file) fails inside the new process,
+/// which the restorer then kills, and the error names the pid and the fd.
+#[test]
+fn bad_epoll_registrations_fail_the_restore_and_leave_nothing_running() {
+    let mut w = Workload::evloop().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 1, WAIT).unwrap();
+    criu_dump_and_clear(&mut w, images.path());
+    let log_fd = 3;
+
+    for target in [42, log_fd] {
+        let bad = tempfile::tempdir().unwrap();
+        copy_images(images.path(), bad.path());
+        let epfd = retarget_epoll_watch(bad.path(), target);
+        let err = restore_fails(bad.path(), &[]);
+        let expected = match target {
+            42 => format!(
+                "task {pid}: epoll fd {epfd} watches fd 42, which the task does not have open"
+            ),
+            _ => format!(
+                "creating pid {pid}: epoll registration of fd {log_fd} (in epoll fd {epfd}) \
+                 failed: EPERM"
+            ),
+        };
+        assert!(err.contains(&expected), "{err}");
+        assert_eq!(taken(&[pid]), None, "a process of the restore is left");
+    }
 }
 
 /// Children that have exited but are not reaped yet come back as zombies, and their

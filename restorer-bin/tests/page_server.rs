@@ -167,21 +167,6 @@ fn dump_with(w: &mut Workload, dir: &Path, server: Option<&PageServer>, leave_ru
     }
 }
 
-/// Runs `restorer restore -D dir -d ...extra` expecting failure; returns its stderr.
-fn restore_fails(dir: &Path, extra: &[&str]) -> String {
-    let mut cmd = restorer();
-    cmd.arg("restore")
-        .arg("-D")
-        .arg(dir)
-        .arg("-d")
-        .args(extra)
-        .current_dir("/");
-    let out = run_bounded(cmd, Duration::from_secs(30));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "restore succeeded: {stderr}");
-    stderr
-}
-
 /// Asserts that the counter `pid` ticks on from `last`, consecutively, pattern intact.
 fn assert_counter_continues(log: &Path, pid: i32, last: u64) {
     wait_tick_after(log, pid, last + 3, WAIT).unwrap();

@@ -140,6 +140,29 @@ pub fn restore_detached(dir: &Path, extra: &[&str]) -> i32 {
         .unwrap()
 }
 
+/// Runs `restorer restore -D dir -d ...extra` expecting failure; returns its stderr.
+pub fn restore_fails(dir: &Path, extra: &[&str]) -> String {
+    let mut cmd = restorer();
+    cmd.arg("restore")
+        .arg("-D")
+        .arg(dir)
+        .arg("-d")
+        .args(extra)
+        .current_dir("/");
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "restore succeeded: {stderr}");
+    stderr
+}
+
+/// Copies the images of `from` (a flat directory) into `to`.
+pub fn copy_images(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 /// Lines of `log` after the first `skip` ones, waiting until there are at least `n`.
 pub fn wait_new_lines(log: &Path, skip: usize, n: usize, timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;
