@@ -337,6 +337,10 @@ fn thread_core(
     let policy = unsafe { libc::sched_getscheduler(tid) };
     // SAFETY: getpriority on a tid; returns the nice value.
     let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_getparam writes one sched_param into a local we own.
+    let prio =
+        (unsafe { libc::sched_getparam(tid, &mut param) } == 0).then_some(param.sched_priority);
 
     let mut creds = creds(pid, tid)?;
     creds.secbits = secbits as u32;
@@ -361,6 +365,7 @@ fn thread_core(
         futex_rla_len: len as u32,
         sched_nice: Some(nice),
         sched_policy: (policy >= 0).then_some(policy as u32),
+        sched_prio: prio.map(|p| p as u32),
         blk_sigset: (tid != pid).then_some(sigmask),
         sas: Some(sas),
         pdeath_sig: (pdeath != 0).then_some(pdeath),

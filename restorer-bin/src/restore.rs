@@ -242,6 +242,9 @@ pub fn restore(opts: &Options<'_>) -> Result<Restored, RestoreError> {
                 source,
             })?;
         }
+        for th in &p.threads {
+            thread::set_sched(th.tid, th)?;
+        }
         let leader = &threads[0];
         let mask = thread::prepare_thread(leader, p.pid, &p.threads[0], blocked, scratch, true)?;
         thread::finish_process(leader, p, scratch, fd_base, mask)?;

@@ -43,6 +43,45 @@ pub enum SwitchError {
         #[source]
         source: nix::errno::Errno,
     },
+    #[error("thread {tid}: setting its scheduling ({what})")]
+    Sched {
+        tid: i32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("process {pid}: writing its oom_score_adj {value}")]
+    OomScoreAdj {
+        pid: i32,
+        value: i32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Gives thread `tid` its dumped scheduling: policy with its priority, and nice value.
+/// Set from the restorer (root), so a raised priority needs no privilege of the task's.
+pub fn set_sched(tid: i32, thread: &ThreadPlan) -> Result<(), SwitchError> {
+    let Some(core) = thread_core(thread) else {
+        return Ok(());
+    };
+    let err = |what| move |source| SwitchError::Sched { tid, what, source };
+    if let Some(policy) = core.sched_policy {
+        let param = libc::sched_param {
+            sched_priority: core.sched_prio.unwrap_or(0) as i32,
+        };
+        // SAFETY: sched_setscheduler reads one sched_param from our stack.
+        if unsafe { libc::sched_setscheduler(tid, policy as i32, &param) } < 0 {
+            return Err(err("sched_setscheduler")(std::io::Error::last_os_error()));
+        }
+    }
+    if let Some(nice) = core.sched_nice {
+        // SAFETY: setpriority takes no pointers.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } < 0 {
+            return Err(err("setpriority")(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 fn remote(tid: i32, step: &'static str) -> impl FnOnce(InjectError) -> SwitchError {
@@ -251,6 +290,18 @@ pub fn finish_process(
     if let Some(rl) = &tc.rlimits {
         set_rlimits(pid, &rl.rlimits)?;
     }
+    if let Some(value) = tc.oom_score_adj {
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), value.to_string())
+            .map_err(|source| SwitchError::OomScoreAdj { pid, value, source })?;
+    }
+    // Execution domain and flags (e.g. ADDR_NO_RANDOMIZE): they govern the task's later
+    // mappings and execs.
+    t.syscall(
+        "personality",
+        libc::SYS_personality,
+        &[u64::from(tc.personality)],
+    )
+    .map_err(remote(pid, "personality"))?;
 
     let pdeath = proc.threads[0]
         .core

@@ -790,3 +790,39 @@ fn a_self_checkpoint_returns_after_the_restore() {
     assert_eq!(rc, "rc=0", "{text}");
     assert!(text.contains("restored from the checkpoint"), "{text}");
 }
+
+/// Nice value of thread `tid` (field 19 of its stat).
+fn nice_of(pid: i32, tid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    fields[16].parse().unwrap()
+}
+
+/// Per-thread nice values and the process's oom_score_adj come back as dumped.
+#[test]
+fn nice_values_and_oom_score_adj_come_back() {
+    let mut w = Workload::threads(4, 2).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 1, WAIT).unwrap();
+    let tids = cryo_fixtures::thread_ids(pid);
+    let niced: Vec<(i32, i32)> = tids.iter().zip([3, 9, 5]).map(|(&t, n)| (t, n)).collect();
+    for &(tid, nice) in &niced {
+        // SAFETY: setpriority takes no pointers.
+        let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as u32, nice) };
+        assert_eq!(ret, 0);
+        assert_eq!(nice_of(pid, tid), nice);
+    }
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), "321").unwrap();
+
+    dump_and_clear(&mut w, images.path());
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+    for &(tid, nice) in &niced {
+        assert_eq!(nice_of(pid, tid), nice, "thread {tid}");
+    }
+    let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(oom.trim(), "321");
+}
