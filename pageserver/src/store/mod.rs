@@ -108,6 +108,11 @@ pub enum StoreError {
     NoCheckpoint { checkpoint: u64 },
     #[error("segment {segment}: more than 2^32 pages in one checkpoint")]
     SegmentFull { segment: u64 },
+    #[error(
+        "store {path} is in use by a running server and needs repair; stop the server \
+         (a clean stop leaves it readable) or retry once the server has opened it"
+    )]
+    InUse { path: PathBuf },
     #[error("the store is open read-only")]
     ReadOnly,
     #[error("compression")]
@@ -232,18 +237,45 @@ impl Store {
     }
 
     /// Opens an existing store read-only; works while a server has it open for writing.
+    ///
+    /// An index left unclean by a server that was killed (SIGKILL, power loss) cannot be
+    /// opened read-only: redb repairs only in a read-write open. Such an index is repaired
+    /// once here by a read-write open and close (redb keeps every committed transaction, so
+    /// committed checkpoints survive and a half-received one stays unlisted), then opened
+    /// read-only again. If a running server holds the index, [`StoreError::InUse`] says so.
     pub fn open_read_only(root: &Path) -> Result<Arc<Self>, StoreError> {
         check_or_write_version(root, false)?;
         let index_path = root.join("index.redb");
-        let idx = |source: redb::Error| StoreError::Index {
+        let idx = |source: redb::DatabaseError| StoreError::Index {
             path: index_path.clone(),
-            source,
+            source: source.into(),
         };
-        let db = redb::Builder::new()
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-            .open_read_only(&index_path)
-            .map_err(|e| idx(e.into()))?;
+        let db = match open_index_read_only(&index_path) {
+            Err(redb::DatabaseError::RepairAborted) => {
+                tracing::warn!(
+                    store = %root.display(),
+                    index = %index_path.display(),
+                    "index was not closed cleanly (server killed?); repairing it with a read-write open"
+                );
+                repair_index(root, &index_path)?;
+                open_index_read_only(&index_path).map_err(idx)?
+            }
+            other => other.map_err(idx)?,
+        };
         Self::load(root, Db::Read(db), 1)
+    }
+
+    /// Closes the index, returning any error redb reports (dropping the store closes it too,
+    /// ignoring errors). A cleanly closed index opens read-only without repair.
+    pub fn close(self) -> Result<(), StoreError> {
+        let idx = |source: redb::DatabaseError| StoreError::Index {
+            path: self.index_path.clone(),
+            source: source.into(),
+        };
+        match self.db {
+            Db::Write(d) => d.close().map_err(idx),
+            Db::Read(d) => d.close().map_err(idx),
+        }
     }
 
     fn load(root: &Path, db: Db, zstd_level: i32) -> Result<Arc<Self>, StoreError> {
@@ -503,6 +535,54 @@ impl Store {
         }
         Ok(totals)
     }
+}
+
+fn open_index_read_only(index_path: &Path) -> Result<redb::ReadOnlyDatabase, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open_read_only(index_path)
+}
+
+/// Repairs an index a killed writer left unclean: a read-write open runs redb's recovery
+/// (rolling back to the last durable commit), a clean close records it.
+fn repair_index(root: &Path, index_path: &Path) -> Result<(), StoreError> {
+    let idx = |source: redb::DatabaseError| StoreError::Index {
+        path: index_path.to_path_buf(),
+        source: source.into(),
+    };
+    let started = std::time::Instant::now();
+    let db = match redb::Builder::new()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open(index_path)
+    {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            // A server (or another reader's repair) may have opened the index since our
+            // read-only open failed; once it is repaired, a read-only open succeeds.
+            for _ in 0..20 {
+                if open_index_read_only(index_path).is_ok() {
+                    tracing::info!(
+                        store = %root.display(),
+                        "index was repaired by the process that holds it"
+                    );
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            return Err(StoreError::InUse {
+                path: root.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(idx(e)),
+    };
+    db.close().map_err(idx)?;
+    tracing::warn!(
+        store = %root.display(),
+        index = %index_path.display(),
+        ms = started.elapsed().as_millis() as u64,
+        "index repaired: committed checkpoints kept, uncommitted sessions dropped"
+    );
+    Ok(())
 }
 
 fn check_or_write_version(root: &Path, create: bool) -> Result<(), StoreError> {
