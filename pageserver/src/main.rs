@@ -17,10 +17,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use cryo_pageserver::export::{ExportOptions, export_checkpoint};
 use cryo_pageserver::server::{self, ParentPolicy, ServerConfig, SessionEnd};
 use cryo_pageserver::store::{CheckpointInfo, Store};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Default listen address. CRIU has no default page-server port (`--port` is required), so
 /// cryo picks one, on loopback only.
 const DEFAULT_LISTEN: &str = "127.0.0.1:27027";
+
+/// How long a stopping server waits for the ingest workers of its sessions to finish.
+const SHUTDOWN_WORKERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,6 +102,10 @@ struct ServeArgs {
     /// End a session whose peer sends nothing for this many seconds.
     #[arg(long, default_value_t = 600)]
     idle_timeout: u64,
+    /// On SIGINT/SIGTERM, seconds sessions in flight get to finish (CLOSE) before they are
+    /// aborted and their checkpoints discarded; a second signal aborts them at once.
+    #[arg(long, default_value_t = server::DEFAULT_SHUTDOWN_GRACE.as_secs())]
+    shutdown_grace: u64,
     /// zstd level for new pages.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     zstd_level: i32,
@@ -179,18 +187,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         serve_checkpoint: args.serve_checkpoint,
         idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
     });
+    // Kept to close the index once every session and worker has let go of it.
+    let store = Arc::clone(&config.store);
+    let grace = std::time::Duration::from_secs(args.shutdown_grace);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let shown = dir.display().to_string();
+    let result = rt.block_on(async move {
+        // Handlers first, so a signal that arrives once the address is announced is caught.
+        let (stop_tx, stop) = tokio::sync::watch::channel(0u32);
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        tokio::spawn(async move {
+            loop {
+                let name = tokio::select! {
+                    _ = sigterm.recv() => "SIGTERM",
+                    _ = sigint.recv() => "SIGINT",
+                };
+                tracing::info!(signal = name, "shutdown signal received");
+                stop_tx.send_modify(|n| *n += 1);
+            }
+        });
         let listener = server::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let local = listener.local_addr()?;
-        tracing::info!(listen = %local, store = %dir.display(), "page server ready");
+        tracing::info!(listen = %local, store = %shown, "page server ready");
         // Tools that start us with port 0 read the real address from stdout.
         println!("listening on {local}");
-        match server::serve(listener, config, args.single_session).await? {
+        let served = server::serve_until(listener, config, args.single_session, stop, grace)
+            .await
+            .with_context(|| format!("accepting on {local}"))?;
+        match served {
             Some(Ok(SessionEnd::Committed(info))) => {
                 println!("checkpoint {} committed", info.id);
                 Ok(())
@@ -198,7 +228,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(Ok(SessionEnd::Closed)) | None => Ok(()),
             Some(Err(e)) => Err(anyhow::Error::new(e).context("session failed")),
         }
-    })
+    });
+    // Ingest workers of aborted sessions end as their channels close; wait for them (bounded)
+    // so that this is the last reference to the store.
+    rt.shutdown_timeout(SHUTDOWN_WORKERS_TIMEOUT);
+    match Arc::try_unwrap(store) {
+        Ok(store) => {
+            store
+                .close()
+                .with_context(|| format!("closing store {}", dir.display()))?;
+            tracing::info!(store = %dir.display(), "store closed cleanly; page server stopped");
+        }
+        Err(store) => tracing::warn!(
+            store = %dir.display(),
+            references = Arc::strong_count(&store),
+            "store still in use at exit: its index is left unclean and is repaired on the next open"
+        ),
+    }
+    result
 }
 
 fn list(s: StoreArg) -> anyhow::Result<()> {

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use zerocopy::IntoBytes;
 use zerocopy::little_endian::{U32, U64};
 
@@ -132,13 +133,97 @@ pub async fn serve(
     config: Arc<ServerConfig>,
     single_session: bool,
 ) -> std::io::Result<Option<Result<SessionEnd, SessionError>>> {
+    // The sender is dropped at once: no shutdown request ever arrives.
+    let (_, stop) = watch::channel(0);
+    serve_until(listener, config, single_session, stop, Duration::ZERO).await
+}
+
+/// Default grace period of [`serve_until`] for sessions in flight at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Like [`serve`], until `stop` counts a shutdown request (e.g. a signal).
+///
+/// At the first request the listener is closed and sessions in flight get `grace` to end on
+/// their own (a client sending CLOSE still gets its checkpoint committed). Sessions still
+/// running after `grace`, or at a second request, are aborted: their checkpoints are
+/// discarded, never listed (only CLOSE commits). When this returns, every session task has
+/// ended; their ingest workers end on their own as their job channels close (a runtime
+/// shutdown waits for them), after which the store can be closed cleanly.
+pub async fn serve_until(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    single_session: bool,
+    mut stop: watch::Receiver<u32>,
+    grace: Duration,
+) -> std::io::Result<Option<Result<SessionEnd, SessionError>>> {
+    let mut sessions: JoinSet<Result<SessionEnd, SessionError>> = JoinSet::new();
+    let mut accepted_one = false;
     loop {
-        let (stream, peer) = listener.accept().await?;
-        tracing::info!(%peer, "session started");
-        let config = Arc::clone(&config);
-        let task = tokio::spawn(async move { handle_connection(stream, peer, &config).await });
-        if single_session {
-            return Ok(Some(task.await.expect("session task panicked")));
+        tokio::select! {
+            () = requests_reached(&mut stop, 1) => break,
+            accepted = listener.accept(), if !(single_session && accepted_one) => {
+                let (stream, peer) = accepted?;
+                tracing::info!(%peer, "session started");
+                let config = Arc::clone(&config);
+                sessions.spawn(async move { handle_connection(stream, peer, &config).await });
+                accepted_one = true;
+            }
+            Some(joined) = sessions.join_next(), if !sessions.is_empty() => {
+                let result = joined.expect("session task panicked");
+                if single_session {
+                    return Ok(Some(result));
+                }
+            }
+        }
+    }
+
+    let local = listener.local_addr().ok();
+    drop(listener);
+    tracing::info!(
+        listen = ?local,
+        in_flight = sessions.len(),
+        grace_ms = grace.as_millis() as u64,
+        "shutdown requested: no longer accepting sessions"
+    );
+    let mut last = None;
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    while !sessions.is_empty() {
+        tokio::select! {
+            Some(joined) = sessions.join_next() => {
+                if let Ok(result) = joined {
+                    last = Some(result);
+                }
+            }
+            () = &mut deadline => {
+                tracing::warn!(
+                    aborted = sessions.len(),
+                    "grace period over: aborting sessions in flight; their checkpoints are discarded"
+                );
+                break;
+            }
+            () = requests_reached(&mut stop, 2) => {
+                tracing::warn!(
+                    aborted = sessions.len(),
+                    "second shutdown request: aborting sessions in flight; their checkpoints are discarded"
+                );
+                break;
+            }
+        }
+    }
+    sessions.abort_all();
+    while sessions.join_next().await.is_some() {}
+    Ok(if single_session { last } else { None })
+}
+
+/// Returns once `stop` has counted `n` requests; never if its sender is gone before that.
+async fn requests_reached(stop: &mut watch::Receiver<u32>, n: u32) {
+    loop {
+        if *stop.borrow_and_update() >= n {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
