@@ -3,62 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::patterned_pages;
+use common::{ServerProcess, patterned_pages};
 use cryo_pageserver::client::Client;
 use cryo_pageserver::protocol::DstId;
 use cryo_pageserver::store::Store;
-
-/// The server process; killed and reaped on drop, also when a test panics.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    fn spawn(store: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pageserver"))
-            .args(["--listen", "127.0.0.1:0", "--store"])
-            .arg(store)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(a) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let mut me = Self {
-            child,
-            addr: "127.0.0.1:1".parse().unwrap(),
-        };
-        me.addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server announced its address");
-        me
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 #[test]
 fn a_checkpoint_acknowledged_by_close_survives_kill_9() {

@@ -1,10 +1,12 @@
 //! Helpers shared by the page-server integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cryo_pageserver::server::{self, ParentPolicy, ServerConfig, SessionEnd, SessionError};
 use cryo_pageserver::store::Store;
@@ -102,4 +104,118 @@ pub fn patterned_pages(first_word: u64, pages: usize) -> Vec<u8> {
         out.extend_from_slice(&(0xC0DE_0000_0000_0000u64 | (first_word + i)).to_le_bytes());
     }
     out
+}
+
+/// A `pageserver serve` child process; killed (SIGKILL) and reaped on drop, also when a test
+/// panics.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    pub fn spawn(store: &Path) -> Self {
+        Self::spawn_with(store, &[])
+    }
+
+    /// Starts the server on an ephemeral port with extra arguments; waits (bounded) for the
+    /// address it announces on stdout. Its stderr (logs) is discarded.
+    pub fn spawn_with(store: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pageserver"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(store)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let mut me = Self {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        me.addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server announced its address");
+        me
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` (the process is still ours: it has not been reaped).
+    pub fn signal(&mut self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid > 0");
+        rustix::process::kill_process(pid, signal).expect("signal the server");
+    }
+
+    /// Waits up to `limit` for the server to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `pageserver ARGS --store STORE` to completion, bounded by a watchdog that kills it
+/// after 30 s.
+pub fn run_pageserver(args: &[&str], store: &Path) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_pageserver"))
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            // Still running (not yet reaped, so the pid is still the child's).
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done_tx.send(());
+    watchdog.join().unwrap();
+    out
+}
+
+/// Checkpoint ids printed by `pageserver list` (the first column after the header).
+pub fn listed_ids(stdout: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
 }
