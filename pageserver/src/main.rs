@@ -2,7 +2,7 @@
 //! export that store.
 //!
 //! ```text
-//! pageserver [serve] --store DIR [--listen 127.0.0.1:27027] [--single-session]
+//! pageserver [serve] --store DIR [--listen 127.0.0.1:27027] [--single-session] [--shutdown-grace 5]
 //! pageserver list   --store DIR
 //! pageserver stats  --store DIR [--checkpoint ID]
 //! pageserver export --store DIR --checkpoint ID -D OUT [--parent-link PATH]
