@@ -78,6 +78,8 @@ pub struct DumpSummary {
 /// A failed dump. The tree has been left running and no inventory was written.
 #[derive(Debug, Error)]
 pub enum DumpError {
+    #[error("stopped by signal {sig} before the dump was complete")]
+    Interrupted { sig: i32 },
     #[error(transparent)]
     Freeze(#[from] FreezeError),
     #[error(transparent)]
@@ -299,6 +301,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         }
         None => (None, None),
     };
+    check_interrupt()?;
     let tree = FrozenTree::freeze(opts.pid)?;
     let frozen_at = Instant::now();
     let freezing = frozen_at - started;
@@ -321,6 +324,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
     let mut threads = 0;
 
     for (idx, info) in tree.tasks().iter().enumerate() {
+        check_interrupt()?;
         if let Some((comm, status)) = &info.zombie {
             set.write_core(info.pid as u32, &task::zombie_core(comm, *status))?;
             threads += 1;
@@ -404,6 +408,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         lsmtype: Some(0),
         ..InventoryEntry::default()
     };
+    // The last moment a stop request can still leave everything as it was.
+    check_interrupt()?;
     set.finish(&inventory)?;
     tracing::debug!(
         ms = frozen_at.elapsed().as_secs_f64() * 1e3,
@@ -655,6 +661,14 @@ fn timens_now() -> TimensEntry {
     TimensEntry {
         monotonic: now(libc::CLOCK_MONOTONIC),
         boottime: now(libc::CLOCK_BOOTTIME),
+    }
+}
+
+/// Fails if a signal asked the dump to stop ([`crate::interrupt`]).
+fn check_interrupt() -> Result<(), DumpError> {
+    match crate::interrupt::requested() {
+        Some(sig) => Err(DumpError::Interrupted { sig }),
+        None => Ok(()),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod anon;
 pub mod dump;
 pub mod files;
 pub mod ids;
+pub mod interrupt;
 pub mod pages;
 pub mod parasite;
 pub mod ptrace;

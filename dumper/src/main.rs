@@ -143,12 +143,23 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("dumper: {err:#}");
-            std::process::ExitCode::FAILURE
+            match cryo_dumper::interrupt::requested() {
+                // As a shell reports a death by that signal, but the tree was let go
+                // as it was first.
+                Some(sig) => {
+                    eprintln!(
+                        "dumper: the tree was released as it was; nothing complete was written"
+                    );
+                    std::process::ExitCode::from(128 + sig as u8)
+                }
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
 
 fn run() -> anyhow::Result<()> {
+    cryo_dumper::interrupt::install().context("installing the SIGINT/SIGTERM/SIGHUP handlers")?;
     let mut outcome = None;
     if let Some(Command::Dump { pid, dir, .. }) = Cli::try_parse().ok().map(|c| c.command)
         && in_tree_of(std::process::id() as i32, pid)

@@ -338,8 +338,9 @@ impl Parasite {
 
     /// Has the tracee write its own memory at `iovs` (at most [`MAX_IOVS`]) to its fd
     /// `fd`: at file offset `offset` (`pwritev`), or to a socket (`sendmsg` with
-    /// `MSG_NOSIGNAL`) when `offset` is `None`. The rest is re-issued after a short
-    /// write. Returns the bytes written: all of them, or fewer only if `fd` took no more.
+    /// `MSG_NOSIGNAL`) when `offset` is `None`. A short file write is re-issued for the
+    /// rest; a short socket write (its send timeout ran out) is returned as is. Returns
+    /// the bytes written.
     ///
     /// A failed write can queue a signal in the tracee (`SIGXFSZ` past its
     /// `RLIMIT_FSIZE`; `SIGPIPE` is kept away by `MSG_NOSIGNAL`); one that was not
@@ -401,10 +402,12 @@ impl Parasite {
                     )?
                 }
             };
-            if n == 0 {
+            done += n;
+            // A socket write returns short only when its send timeout ran out: the
+            // caller decides (a file write is re-issued for the rest).
+            if n == 0 || offset.is_none() {
                 break;
             }
-            done += n;
         }
         Ok(done)
     }

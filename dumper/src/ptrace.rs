@@ -109,7 +109,14 @@ pub fn cont_syscall(tid: i32) -> Result<(), PtraceError> {
 /// Waits for the next state change of tracee `tid`.
 pub fn wait(tid: i32) -> Result<Stop, PtraceError> {
     let mut status = 0;
+    let mut interrupted = false;
     loop {
+        // The dump is asked to stop: break a remote syscall that may block for long
+        // (it returns early, and the dump fails at its next step).
+        if !interrupted && crate::interrupt::requested().is_some() {
+            interrupted = true;
+            let _ = interrupt(tid);
+        }
         // SAFETY: status is a valid out-pointer for the duration of the call.
         let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
         if ret >= 0 {

@@ -197,3 +197,70 @@ fn a_page_server_hanging_up_mid_dump_leaves_the_tree_as_it_was() {
     let last = cryo_fixtures::last_tick_of(w.log_path(), pid).unwrap_or(0);
     cryo_fixtures::wait_tick_after(w.log_path(), pid, last + 1, Duration::from_secs(10)).unwrap();
 }
+
+/// SIGTERM (or Ctrl-C) while the tree is frozen and its pages are on their way to a
+/// page server that stopped reading: the dumper stops within seconds instead of waiting
+/// for the socket timeout, releases the tree as it was (no injected fd, no pending
+/// SIGPIPE, not traced, still counting) and exits 128 + 15 with nothing complete in DIR.
+#[test]
+fn sigterm_mid_dump_releases_the_tree_as_it_was() {
+    let (addr, _server) = criu_like_server_with(PeerEnd::Stall);
+    let w = Workload::counter(64).unwrap();
+    let pid = w.pid();
+    w.wait_tick_after(pid, 1, Duration::from_secs(10)).unwrap();
+    let (maps_before, fds_before, sig_before) = (maps(pid), fd_list(pid), pending(pid));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut dumper = Command::new(env!("CARGO_BIN_EXE_dumper"))
+        .args([
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "--leave-running",
+            "--page-server",
+        ])
+        .arg(addr.to_string())
+        .arg("-D")
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Frozen and stuck in the planted socket: the target is traced.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tracer_of(pid) == "TracerPid:\t0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dump never froze the target"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped_at = std::time::Instant::now();
+    // SAFETY: kill(2) to our own child.
+    unsafe { libc::kill(dumper.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = dumper.try_wait().unwrap() {
+            break status;
+        }
+        if stopped_at.elapsed() > Duration::from_secs(10) {
+            let _ = dumper.kill();
+            panic!("the dumper did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(dumper.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
+    assert!(err.contains("signal 15"), "{err}");
+    assert!(!dir.path().join("inventory.img").exists());
+
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "still alive");
+    assert_eq!(maps(pid), maps_before);
+    assert_eq!(fd_list(pid), fds_before);
+    assert_eq!(tracer_of(pid), "TracerPid:\t0");
+    assert_eq!(pending(pid), sig_before, "a signal was left pending");
+    let last = cryo_fixtures::last_tick_of(w.log_path(), pid).unwrap_or(0);
+    cryo_fixtures::wait_tick_after(w.log_path(), pid, last + 2, Duration::from_secs(10)).unwrap();
+}

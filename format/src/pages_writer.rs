@@ -253,6 +253,11 @@ impl PagesWriter {
         Ok(offset)
     }
 
+    /// Where the pages image goes once finished.
+    pub fn pages_path(&self) -> &Path {
+        &self.pages_path
+    }
+
     /// The pages image being written (for [`Self::reserve_pages`]).
     pub fn pages_file(&self) -> &File {
         self.pages.as_ref().expect("open until finish").get_ref()

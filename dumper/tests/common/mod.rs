@@ -151,6 +151,21 @@ impl Drop for ReadyChild {
 pub fn criu_like_server(
     hang_up_after: Option<u64>,
 ) -> (std::net::SocketAddr, std::thread::JoinHandle<u64>) {
+    criu_like_server_with(hang_up_after.map_or(PeerEnd::Close, PeerEnd::HangUpAfter))
+}
+
+/// How [`criu_like_server_with`] treats the session's page data.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerEnd {
+    /// Reads everything until CLOSE.
+    Close,
+    /// Closes the connection once it has read this many page bytes.
+    HangUpAfter(u64),
+    /// Stops reading at the first page data and keeps the connection open (for 60 s).
+    Stall,
+}
+
+pub fn criu_like_server_with(end: PeerEnd) -> (std::net::SocketAddr, std::thread::JoinHandle<u64>) {
     use cryo_pageserver::protocol::{Command as Cmd, HEADER_SIZE, parse_header};
     use std::io::{Read, Write};
 
@@ -178,7 +193,11 @@ pub fn criu_like_server(
                     }
                     _ => {
                         let len = req.payload_len();
-                        if let Some(limit) = hang_up_after
+                        if let PeerEnd::Stall = end {
+                            std::thread::sleep(Duration::from_secs(60));
+                            return pages;
+                        }
+                        if let PeerEnd::HangUpAfter(limit) = end
                             && (pages * 4096 + len) > limit
                         {
                             let mut part = vec![0u8; (limit - pages * 4096) as usize];
