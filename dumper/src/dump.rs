@@ -60,6 +60,18 @@ pub struct DumpOptions {
     /// Send pages to this page server instead of writing `pagemap-*`/`pages-*` images
     /// (the server writes them, as with CRIU's `--page-server`).
     pub page_server: Option<std::net::SocketAddr>,
+    /// The page server is CRIU's own: send it nothing but CRIU's protocol (no cryo
+    /// HELLO, which ends `criu page-server`'s only session); DIR records no checkpoint.
+    pub criu_page_server: Option<CriuWire>,
+}
+
+/// Which framing a CRIU page server reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CriuWire {
+    /// CRIU 4.2: 32-byte request headers (as cryo's own server).
+    V4_2,
+    /// CRIU before 4.2: 24-byte request headers.
+    Legacy,
 }
 
 /// Figures of a finished dump.
@@ -78,6 +90,15 @@ pub struct DumpSummary {
 /// A failed dump. The tree has been left running and no inventory was written.
 #[derive(Debug, Error)]
 pub enum DumpError {
+    #[error(
+        "page server {peer} ended the session on cryo's HELLO and takes no new one: if it is \
+         `criu page-server` (one session only), dump with --criu-page-server"
+    )]
+    PageServerGone {
+        peer: std::net::SocketAddr,
+        #[source]
+        source: Box<cryo_pageserver::client::ClientError>,
+    },
     #[error("stopped by signal {sig} before the dump was complete")]
     Interrupted { sig: i32 },
     #[error(transparent)]
@@ -267,8 +288,16 @@ fn read_link(pid: i32, what: &str) -> Result<String, DumpError> {
 /// Connects to the page server and negotiates cryo's extensions, which tell the id the
 /// checkpoint gets. A CRIU page server drops a session on the unknown HELLO: then reconnect
 /// and dump without an id (the restorer will need `--checkpoint`).
-fn connect_page_server(addr: std::net::SocketAddr) -> Result<(Client, Option<u64>), DumpError> {
+fn connect_page_server(
+    addr: std::net::SocketAddr,
+    criu: Option<CriuWire>,
+) -> Result<(Client, Option<u64>), DumpError> {
     let mut client = Client::connect(addr)?;
+    match criu {
+        Some(CriuWire::V4_2) => return Ok((client, None)),
+        Some(CriuWire::Legacy) => return Ok((client.legacy_headers(), None)),
+        None => {}
+    }
     match client.hello() {
         Ok(hello) => {
             tracing::info!(peer = %addr, checkpoint = hello.checkpoint_id, "page server checkpoint");
@@ -281,7 +310,11 @@ fn connect_page_server(addr: std::net::SocketAddr) -> Result<(Client, Option<u64
                 "page server does not speak cryo extensions; the dump records no checkpoint id"
             );
             drop(client);
-            Ok((Client::connect(addr)?, None))
+            let client = Client::connect(addr).map_err(|e| DumpError::PageServerGone {
+                peer: addr,
+                source: Box::new(e),
+            })?;
+            Ok((client, None))
         }
     }
 }
@@ -296,7 +329,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
         Some(addr) => {
             // A record left by an earlier attempt would name another dump's checkpoint.
             CheckpointRecord::remove(&opts.dir)?;
-            let (client, id) = connect_page_server(addr)?;
+            let (client, id) = connect_page_server(addr, opts.criu_page_server)?;
             (Some(client), id)
         }
         None => (None, None),

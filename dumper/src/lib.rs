@@ -34,4 +34,4 @@ pub mod tree;
 pub mod tty;
 pub mod vma;
 
-pub use dump::{DumpError, DumpOptions, DumpSummary, dump};
+pub use dump::{CriuWire, DumpError, DumpOptions, DumpSummary, dump};

@@ -37,6 +37,13 @@ enum Command {
         /// Send pages to a page server at ADDR:PORT instead of pages-N.img.
         #[arg(long, value_name = "ADDR:PORT")]
         page_server: Option<String>,
+        /// The page server is CRIU's own (`criu page-server`, one session only): speak
+        /// nothing but CRIU's protocol, with the request headers of that CRIU version
+        /// (4.2, the default, or 4.1 and older). cryo's HELLO is then not sent, so DIR
+        /// records no checkpoint: restore from the pages CRIU's server wrote.
+        #[arg(long, requires = "page_server", value_name = "VERSION", num_args = 0..=1,
+              default_missing_value = "4.2", value_parser = ["4.2", "4.1"])]
+        criu_page_server: Option<String>,
     },
 }
 
@@ -191,6 +198,7 @@ fn dump_command() -> anyhow::Result<()> {
             leave_running,
             shell_job,
             page_server,
+            criu_page_server,
         } => {
             let page_server = match page_server {
                 Some(addr) => Some(
@@ -203,12 +211,17 @@ fn dump_command() -> anyhow::Result<()> {
                 ),
                 None => None,
             };
+            let criu_page_server = criu_page_server.map(|v| match v.as_str() {
+                "4.2" => cryo_dumper::CriuWire::V4_2,
+                _ => cryo_dumper::CriuWire::Legacy,
+            });
             let opts = cryo_dumper::DumpOptions {
                 pid,
                 dir: dir.clone(),
                 leave_running,
                 shell_job,
                 page_server,
+                criu_page_server,
             };
             let summary = cryo_dumper::dump(&opts)
                 .with_context(|| format!("dump of {pid} into {} failed", dir.display()))?;

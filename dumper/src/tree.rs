@@ -37,6 +37,8 @@ pub enum FreezeError {
         #[source]
         source: PtraceError,
     },
+    #[error("{tid} is a thread of process {tgid}: dump the process (-t {tgid})")]
+    NotAProcess { tid: i32, tgid: i32 },
     #[error("process {pid} (the root, or a thread-group leader whose threads run on) has exited")]
     Zombie { pid: i32 },
     #[error("process {pid} is stopped by a tracer (state {state}): another debugger holds it")]
@@ -110,6 +112,15 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// The thread group (process) `tid` belongs to, from /proc/TID/status.
+fn thread_group_of(tid: i32) -> Option<i32> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Whether `pid` is now a zombie or gone.
 fn has_died(pid: i32) -> bool {
     read_stat(&format!("/proc/{pid}/stat")).map_or(true, |st| matches!(st.state, 'Z' | 'X'))
@@ -160,6 +171,11 @@ impl FrozenTree {
     /// Seizes and stops every thread of the tree rooted at `root`.
     pub fn freeze(root: i32) -> Result<FrozenTree, FreezeError> {
         let me = std::process::id() as i32;
+        if let Some(tgid) = thread_group_of(root)
+            && tgid != root
+        {
+            return Err(FreezeError::NotAProcess { tid: root, tgid });
+        }
         let mut tree = FrozenTree {
             tasks: Vec::new(),
             seized: Vec::new(),

@@ -195,3 +195,20 @@ fn a_directory_with_a_complete_dump_is_refused_before_freezing() {
     w.wait_tick_after(w.pid(), tick, Duration::from_secs(5))
         .unwrap();
 }
+
+/// A thread id given as the tree's root is named as such, with the process to dump.
+#[test]
+fn a_thread_id_as_root_is_refused_naming_its_process() {
+    let w = Workload::threads(2, 2).unwrap();
+    let pid = w.pid();
+    w.wait_tick_after(pid, 1, Duration::from_secs(10)).unwrap();
+    let tid = *cryo_fixtures::thread_ids(pid).last().unwrap();
+    assert_ne!(tid, pid);
+    let dir = tempfile::tempdir().unwrap();
+    let err = dump(&opts(tid, dir.path(), true)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{tid} is a thread of process {pid}: dump the process (-t {pid})")
+    );
+    assert_eq!(tracer_of(pid), "TracerPid:\t0");
+}

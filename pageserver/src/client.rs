@@ -45,6 +45,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Client errors; all name the peer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("page server {peer}: {nr_pages} pages in one request do not fit CRIU < 4.2's header")]
+    TooManyPages { peer: SocketAddr, nr_pages: u64 },
     #[error("page server {peer}: connect")]
     Connect {
         peer: SocketAddr,
@@ -90,6 +92,8 @@ pub struct Client {
     stream: TcpStream,
     peer: SocketAddr,
     broken: bool,
+    /// Send CRIU < 4.2's 24-byte headers (see [`Client::legacy_headers`]).
+    legacy: bool,
 }
 
 impl Client {
@@ -109,7 +113,15 @@ impl Client {
             stream,
             peer,
             broken: false,
+            legacy: false,
         })
+    }
+
+    /// Sends every later request with the 24-byte header of CRIU before 4.2 (whose
+    /// `criu page-server` reads nothing else) instead of 4.2's 32-byte one.
+    pub fn legacy_headers(mut self) -> Self {
+        self.legacy = true;
+        self
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -140,8 +152,21 @@ impl Client {
         during: &'static str,
     ) -> Result<(), ClientError> {
         self.check()?;
-        let head = head.to_bytes();
-        let mut bufs = [IoSlice::new(&head), IoSlice::new(data)];
+        let (full, legacy);
+        let head: &[u8] = if self.legacy {
+            if u32::try_from(head.nr_pages.get()).is_err() {
+                return Err(ClientError::TooManyPages {
+                    peer: self.peer,
+                    nr_pages: head.nr_pages.get(),
+                });
+            }
+            legacy = head.to_legacy_bytes();
+            &legacy
+        } else {
+            full = head.to_bytes();
+            &full
+        };
+        let mut bufs = [IoSlice::new(head), IoSlice::new(data)];
         let mut slices: &mut [IoSlice<'_>] = &mut bufs;
         while !slices.is_empty() {
             match self.stream.write_vectored(slices) {
@@ -175,7 +200,9 @@ impl Client {
         )?;
         let b: [u8; 16] = self.recv("HELLO reply")?;
         let reply = HelloReply::read_from_bytes(&b[..]).expect("16 bytes");
-        if reply.version.get() == 0 {
+        // Anything but a version we know, with the reserved word 0, is not a cryo server
+        // (an HTTP server's "HTTP/1.1 400" would otherwise pass for a checkpoint id).
+        if !(1..=CRYO_EXT_VERSION).contains(&reply.version.get()) || reply.reserved.get() != 0 {
             return Err(ClientError::NoExtensions {
                 peer: self.peer,
                 reply: b.to_vec(),

@@ -50,6 +50,7 @@ fn dump_helper() {
         leave_running: false,
         shell_job: std::env::var_os("CRYO_TEST_DUMP_SHELL_JOB").is_some(),
         page_server: None,
+        criu_page_server: None,
     })
     .expect("dump");
 }

@@ -102,6 +102,8 @@ fn page_server_dump_helper() {
         leave_running: std::env::var_os("CRYO_TEST_LEAVE_RUNNING").is_some(),
         shell_job: false,
         page_server: server.map(|s| s.parse().unwrap()),
+        criu_page_server: std::env::var_os("CRYO_TEST_CRIU_PAGE_SERVER")
+            .map(|_| cryo_dumper::CriuWire::Legacy),
     })
     .expect("dump");
 }
@@ -126,11 +128,20 @@ fn dump_to_server(w: &mut Workload, dir: &Path, server: &PageServer) {
 /// Dumps the workload's tree (pages to `server`, or into `dir`) in a process of its
 /// own, then waits until the tree's pids are free again.
 fn dump_in_helper(w: &mut Workload, dir: &Path, server: Option<&PageServer>) {
-    dump_with(w, dir, server, false);
+    dump_with(w, dir, server.map(Peer::Cryo), false);
+}
+
+/// Where a dump in the helper sends its pages.
+#[derive(Clone, Copy)]
+enum Peer<'a> {
+    /// cryo's `pageserver serve`.
+    Cryo(&'a PageServer),
+    /// CRIU 4.1's `criu page-server` at this address (`--criu-page-server 4.1`).
+    Criu(SocketAddr),
 }
 
 /// Like [`dump_in_helper`]; with `leave_running` the tree runs on after the dump.
-fn dump_with(w: &mut Workload, dir: &Path, server: Option<&PageServer>, leave_running: bool) {
+fn dump_with(w: &mut Workload, dir: &Path, server: Option<Peer<'_>>, leave_running: bool) {
     let pids = w.tree_pids();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
@@ -141,8 +152,15 @@ fn dump_with(w: &mut Workload, dir: &Path, server: Option<&PageServer>, leave_ru
     ])
     .env("CRYO_TEST_DUMP_PID", w.pid().to_string())
     .env("CRYO_TEST_DUMP_DIR", dir);
-    if let Some(server) = server {
-        cmd.env("CRYO_TEST_PAGE_SERVER", server.addr());
+    match server {
+        Some(Peer::Cryo(server)) => {
+            cmd.env("CRYO_TEST_PAGE_SERVER", server.addr());
+        }
+        Some(Peer::Criu(addr)) => {
+            cmd.env("CRYO_TEST_PAGE_SERVER", addr.to_string())
+                .env("CRYO_TEST_CRIU_PAGE_SERVER", "1");
+        }
+        None => {}
     }
     if leave_running {
         cmd.env("CRYO_TEST_LEAVE_RUNNING", "1");
@@ -154,7 +172,10 @@ fn dump_with(w: &mut Workload, dir: &Path, server: Option<&PageServer>, leave_ru
         w.pid(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
-        server.map(PageServer::log_text).unwrap_or_default()
+        match server {
+            Some(Peer::Cryo(server)) => server.log_text(),
+            _ => String::new(),
+        }
     );
     if leave_running {
         return;
@@ -375,7 +396,7 @@ fn an_older_dump_restores_with_its_own_checkpoint_not_the_newest() {
 
     // First dump, leaving the counter running: it was frozen at a tick in [before, after].
     let before = last_tick_of(w.log_path(), pid).unwrap();
-    dump_with(&mut w, first.path(), Some(&server), true);
+    dump_with(&mut w, first.path(), Some(Peer::Cryo(&server)), true);
     let after = last_tick_of(w.log_path(), pid).unwrap();
     assert!(local_page_images(first.path()).is_empty());
     // Let it run well past the first dump, then dump again (killing it).
@@ -516,4 +537,70 @@ fn criu_dumps_into_our_page_server_and_both_restore_the_export() {
         assert_counter_continues(w.log_path(), pid, last);
         drop(guard);
     }
+}
+
+/// Whether something listens on TCP `port` (from /proc/net/tcp, without connecting: a
+/// `criu page-server` serves one connection only).
+fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.len() > 3
+            && cols[3] == "0A"
+            && cols[1].rsplit(':').next() == Some(&format!("{port:04X}"))
+    })
+}
+
+/// `dumper --criu-page-server 4.1` into CRIU 4.1's own `criu page-server`: the pages land
+/// in its directory as CRIU writes them, and with them next to the other images cryo's
+/// restorer brings the counter back.
+#[test]
+fn cryo_dumps_into_criu_page_server() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ps_dir = tempfile::tempdir().unwrap();
+    let mut criu = criu41();
+    criu.args([
+        "page-server",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "-D",
+    ])
+    .arg(ps_dir.path())
+    .args(["-o", "ps.log"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut server = Silent(criu.spawn().unwrap());
+    let deadline = Instant::now() + WAIT;
+    while !listening(port) {
+        assert!(
+            Instant::now() < deadline,
+            "criu page-server does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut w = Workload::counter(8).unwrap();
+    let pid = w.pid();
+    wait_tick_after(w.log_path(), pid, 2, WAIT).unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    dump_with(&mut w, images.path(), Some(Peer::Criu(addr)), false);
+    server.reap();
+    assert!(
+        local_page_images(images.path()).is_empty(),
+        "pages were written locally"
+    );
+    copy_images(ps_dir.path(), images.path());
+    let last = last_tick_of(w.log_path(), pid).unwrap();
+    let root = restore_detached(images.path(), &[]);
+    let _guard = TreeGuard::new(root);
+    assert_eq!(root, pid);
+    assert_counter_continues(w.log_path(), pid, last);
 }

@@ -71,6 +71,7 @@ fn live_python_argv_and_environment_match_proc() {
         leave_running: false,
         shell_job: false,
         page_server: None,
+        criu_page_server: None,
     })
     .expect("the dumper checkpoints python3");
 

@@ -16,6 +16,7 @@ pub fn opts(pid: i32, dir: &Path, leave_running: bool) -> DumpOptions {
         leave_running,
         shell_job: false,
         page_server: None,
+        criu_page_server: None,
     }
 }
 

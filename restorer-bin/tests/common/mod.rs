@@ -226,7 +226,7 @@ pub fn criu41_in(dir: &Path, args: &[&str]) {
 
 /// A child program with no stdio, killed and reaped on drop (or reaped earlier with
 /// [`Silent::reap`], once a dump has killed it).
-pub struct Silent(Child);
+pub struct Silent(pub Child);
 
 impl Silent {
     pub fn spawn(program: &str, args: &[&str]) -> Silent {
