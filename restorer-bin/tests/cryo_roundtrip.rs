@@ -119,6 +119,19 @@ fn counts_on_after(mut w: Workload, more: u64, restore: impl FnOnce(&Path) -> i3
     assert_consecutive(&ticks_after(w.log_path(), pid, last), last + 1);
 }
 
+/// Checks a restored pipe tree: both children are `pid`'s again and tick on, and on
+/// SIGUSR1 the parent finds the 1000 unread bytes intact in the pipe.
+fn assert_pipe_tree_lives(log: &Path, pid: i32, children: &[i32]) {
+    for &child in children {
+        assert_eq!(proc_status_field(child, "PPid"), Some(pid as u64));
+        let last = last_tick_of(log, child).unwrap();
+        wait_tick_after(log, child, last + 2, WAIT).unwrap();
+    }
+    signal(pid, libc::SIGUSR1);
+    let line = wait_for_log_line(log, |l| l.starts_with("pipe bytes="), WAIT).unwrap();
+    assert_eq!(line, "pipe bytes=1000 ok=1");
+}
+
 fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) on a process of the test's own restored tree.
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
@@ -180,16 +193,8 @@ fn cryo_pipe_tree_keeps_unread_bytes() {
     let root = restore_detached(images.path(), &[]);
     let _guard = TreeGuard::new(root);
 
-    for &child in &children {
-        assert_eq!(proc_status_field(child, "PPid"), Some(pid as u64));
-        let last = last_tick_of(w.log_path(), child).unwrap();
-        wait_tick_after(w.log_path(), child, last + 2, WAIT).unwrap();
-    }
-    signal(pid, libc::SIGUSR1);
-    let log = w.log_path().to_path_buf();
-    let line = wait_for_log_line(&log, |l| l.starts_with("pipe bytes="), WAIT).unwrap();
-    assert_eq!(line, "pipe bytes=1000 ok=1");
-    assert!(line_count(&log) > before);
+    assert_pipe_tree_lives(w.log_path(), pid, &children);
+    assert!(line_count(w.log_path()) > before);
 }
 
 #[test]
@@ -432,15 +437,7 @@ fn criu_restores_a_pipe_tree_cryo_dumped() {
     criu41_in(images.path(), &["restore", "-d"]);
     let _guard = TreeGuard::new(pid);
 
-    for &child in &children {
-        assert_eq!(proc_status_field(child, "PPid"), Some(pid as u64));
-        let last = last_tick_of(w.log_path(), child).unwrap();
-        wait_tick_after(w.log_path(), child, last + 2, WAIT).unwrap();
-    }
-    signal(pid, libc::SIGUSR1);
-    let log = w.log_path().to_path_buf();
-    let line = wait_for_log_line(&log, |l| l.starts_with("pipe bytes="), WAIT).unwrap();
-    assert_eq!(line, "pipe bytes=1000 ok=1");
+    assert_pipe_tree_lives(w.log_path(), pid, &children);
 }
 
 /// The other way: cryo's restorer brings back a 4-thread counter CRIU 4.1 dumped live
