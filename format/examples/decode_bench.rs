@@ -184,29 +184,12 @@ fn main() {
 }
 
 fn decode_typed(image: &ImageFile, entry: &cryo_format::RawEntry<'_>) {
-    use cryo_format::schema::*;
-    macro_rules! by_message {
-        ($($name:literal => $ty:ty),* $(,)?) => {
-            match entry.message {
-                $(Some($name) => drop(black_box(image.decode::<$ty>(entry).expect("decodes"))),)*
-                other => panic!("no struct for {other:?}"),
-            }
-        };
-    }
-    by_message! {
-        "criu.inventory_entry" => InventoryEntry,
-        "criu.pstree_entry" => PstreeEntry,
-        "criu.core_entry" => CoreEntry,
-        "criu.mm_entry" => MmEntry,
-        "criu.task_kobj_ids_entry" => TaskKobjIdsEntry,
-        "criu.fs_entry" => FsEntry,
-        "criu.file_entry" => FileEntry,
-        "criu.fdinfo_entry" => FdinfoEntry,
-        "criu.pagemap_head" => PagemapHead,
-        "criu.pagemap_entry" => PagemapEntry,
-        "criu.pipe_data_entry" => PipeDataEntry,
-        "criu.seccomp_entry" => SeccompEntry,
-        "criu.timens_entry" => TimensEntry,
-        "criu.stats_entry" => StatsEntry,
-    }
+    let name = entry.message.unwrap_or("");
+    cryo_format::with_message_type!(
+        name,
+        T => {
+            black_box(image.decode::<T>(entry).expect("decodes"));
+        },
+        else panic!("no struct for {:?}", entry.message)
+    )
 }

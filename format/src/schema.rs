@@ -129,6 +129,47 @@ pub fn full_descriptor_pool() -> &'static DescriptorPool {
     })
 }
 
+/// Runs `$body` with `$t` standing for the prost struct of message `$name` (a full name
+/// like `"criu.core_entry"`), or `$other` when cryo has no struct for it here: the one
+/// list of name → struct for code that must pick a struct by name (byte-identity tests,
+/// the decode benchmark, the fuzz targets).
+#[macro_export]
+macro_rules! with_message_type {
+    ($name:expr, $t:ident => $body:expr, else $other:expr) => {
+        $crate::with_message_type!(@arms $name, $t, $body, $other;
+            "criu.inventory_entry" => InventoryEntry,
+            "criu.pstree_entry" => PstreeEntry,
+            "criu.core_entry" => CoreEntry,
+            "criu.mm_entry" => MmEntry,
+            "criu.task_kobj_ids_entry" => TaskKobjIdsEntry,
+            "criu.fs_entry" => FsEntry,
+            "criu.file_entry" => FileEntry,
+            "criu.fdinfo_entry" => FdinfoEntry,
+            "criu.pagemap_head" => PagemapHead,
+            "criu.pagemap_entry" => PagemapEntry,
+            "criu.pipe_data_entry" => PipeDataEntry,
+            "criu.seccomp_entry" => SeccompEntry,
+            "criu.timens_entry" => TimensEntry,
+            "criu.stats_entry" => StatsEntry,
+            "criu.ghost_file_entry" => GhostFileEntry,
+            "criu.ghost_chunk_entry" => GhostChunkEntry,
+            "criu.tty_info_entry" => TtyInfoEntry,
+            "criu.sk_packet_entry" => SkPacketEntry,
+            "criu.tcp_stream_entry" => TcpStreamEntry,
+        )
+    };
+    (@arms $name:expr, $t:ident, $body:expr, $other:expr; $($lit:literal => $ty:ident,)*) => {
+        match $name {
+            $($lit => {
+                #[allow(dead_code)]
+                type $t = $crate::schema::$ty;
+                $body
+            })*
+            _ => $other,
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

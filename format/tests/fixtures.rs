@@ -250,32 +250,8 @@ fn addresses_outside_every_run_are_absent() {
 
 /// Decodes `payload` as the prost struct of `message` and encodes it again.
 fn reencode(message: &str, payload: &[u8]) -> Option<Vec<u8>> {
-    use cryo_format::schema::*;
     use prost::Message;
-    macro_rules! by_message {
-        ($($name:literal => $ty:ty),* $(,)?) => {
-            match message {
-                $($name => Some(<$ty>::decode(payload).expect("decodes").encode_to_vec()),)*
-                _ => None,
-            }
-        };
-    }
-    by_message! {
-        "criu.inventory_entry" => InventoryEntry,
-        "criu.pstree_entry" => PstreeEntry,
-        "criu.core_entry" => CoreEntry,
-        "criu.mm_entry" => MmEntry,
-        "criu.task_kobj_ids_entry" => TaskKobjIdsEntry,
-        "criu.fs_entry" => FsEntry,
-        "criu.file_entry" => FileEntry,
-        "criu.fdinfo_entry" => FdinfoEntry,
-        "criu.pagemap_head" => PagemapHead,
-        "criu.pagemap_entry" => PagemapEntry,
-        "criu.pipe_data_entry" => PipeDataEntry,
-        "criu.seccomp_entry" => SeccompEntry,
-        "criu.timens_entry" => TimensEntry,
-        "criu.stats_entry" => StatsEntry,
-    }
+    cryo_format::with_message_type!(message, T => Some(T::decode(payload).expect("decodes").encode_to_vec()), else None)
 }
 
 #[test]

@@ -10,7 +10,6 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use cryo_format::magic::{IMG_COMMON_MAGIC, well_known};
-use cryo_format::schema::*;
 use cryo_format::{ImageFile, MemoryView, Pagemap, PagemapId, Source};
 
 /// Decodes `data` as an image: framing, required-field checks, typed decoding, pagemap
@@ -48,35 +47,8 @@ pub fn image(data: &[u8]) {
 }
 
 fn decode_typed(image: &ImageFile, entry: &cryo_format::RawEntry<'_>) {
-    macro_rules! by_message {
-        ($($name:literal => $ty:ty),* $(,)?) => {
-            match entry.message {
-                $(Some($name) => { let _ = image.decode::<$ty>(entry); })*
-                _ => {}
-            }
-        };
-    }
-    by_message! {
-        "criu.inventory_entry" => InventoryEntry,
-        "criu.pstree_entry" => PstreeEntry,
-        "criu.core_entry" => CoreEntry,
-        "criu.mm_entry" => MmEntry,
-        "criu.task_kobj_ids_entry" => TaskKobjIdsEntry,
-        "criu.fs_entry" => FsEntry,
-        "criu.file_entry" => FileEntry,
-        "criu.fdinfo_entry" => FdinfoEntry,
-        "criu.pagemap_head" => PagemapHead,
-        "criu.pagemap_entry" => PagemapEntry,
-        "criu.pipe_data_entry" => PipeDataEntry,
-        "criu.seccomp_entry" => SeccompEntry,
-        "criu.timens_entry" => TimensEntry,
-        "criu.stats_entry" => StatsEntry,
-        "criu.ghost_file_entry" => GhostFileEntry,
-        "criu.ghost_chunk_entry" => GhostChunkEntry,
-        "criu.tty_info_entry" => TtyInfoEntry,
-        "criu.sk_packet_entry" => SkPacketEntry,
-        "criu.tcp_stream_entry" => TcpStreamEntry,
-    }
+    let name = entry.message.unwrap_or("");
+    cryo_format::with_message_type!(name, T => { let _ = image.decode::<T>(entry); }, else {})
 }
 
 /// Layout of a `chain` input: byte 0 picks the directory shape, then up to six sections,
