@@ -39,20 +39,7 @@ fn dump_with(pid: i32, dir: &Path, shell_job: bool) {
 #[test]
 #[ignore = "helper: dumps CRYO_TEST_DUMP_PID when run by another test in a child process"]
 fn dump_helper() {
-    let pid = std::env::var("CRYO_TEST_DUMP_PID")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let dir = std::env::var("CRYO_TEST_DUMP_DIR").unwrap();
-    cryo_dumper::dump(&cryo_dumper::DumpOptions {
-        pid,
-        dir: dir.into(),
-        leave_running: false,
-        shell_job: std::env::var_os("CRYO_TEST_DUMP_SHELL_JOB").is_some(),
-        page_server: None,
-        criu_page_server: None,
-    })
-    .expect("dump");
+    dump_from_env();
 }
 
 /// Dumps (and so kills) the workload's tree, then waits until its pids are free again.

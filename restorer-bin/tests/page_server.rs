@@ -90,22 +90,7 @@ impl Drop for PageServer {
 #[test]
 #[ignore = "helper: dumps CRYO_TEST_DUMP_PID (to CRYO_TEST_PAGE_SERVER if set) for another test"]
 fn page_server_dump_helper() {
-    let pid = std::env::var("CRYO_TEST_DUMP_PID")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let dir = std::env::var("CRYO_TEST_DUMP_DIR").unwrap();
-    let server = std::env::var("CRYO_TEST_PAGE_SERVER").ok();
-    cryo_dumper::dump(&cryo_dumper::DumpOptions {
-        pid,
-        dir: dir.into(),
-        leave_running: std::env::var_os("CRYO_TEST_LEAVE_RUNNING").is_some(),
-        shell_job: false,
-        page_server: server.map(|s| s.parse().unwrap()),
-        criu_page_server: std::env::var_os("CRYO_TEST_CRIU_PAGE_SERVER")
-            .map(|_| cryo_dumper::CriuWire::Legacy),
-    })
-    .expect("dump");
+    dump_from_env();
 }
 
 /// Local `pagemap-*`/`pages-*` images in `dir`.

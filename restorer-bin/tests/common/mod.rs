@@ -277,3 +277,27 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     );
     path
 }
+
+/// The body of the `#[ignore]`d dump helpers that tests run as a child process (a tracer
+/// that exits releases the killed tree for reaping): dumps CRYO_TEST_DUMP_PID into
+/// CRYO_TEST_DUMP_DIR, with CRYO_TEST_LEAVE_RUNNING, CRYO_TEST_DUMP_SHELL_JOB,
+/// CRYO_TEST_PAGE_SERVER (an address) and CRYO_TEST_CRIU_PAGE_SERVER (CRIU 4.1 framing)
+/// when set.
+pub fn dump_from_env() {
+    let var = |name| std::env::var_os(name);
+    let pid = std::env::var("CRYO_TEST_DUMP_PID")
+        .unwrap()
+        .parse()
+        .unwrap();
+    cryo_dumper::dump(&cryo_dumper::DumpOptions {
+        pid,
+        dir: std::env::var("CRYO_TEST_DUMP_DIR").unwrap().into(),
+        leave_running: var("CRYO_TEST_LEAVE_RUNNING").is_some(),
+        shell_job: var("CRYO_TEST_DUMP_SHELL_JOB").is_some(),
+        page_server: std::env::var("CRYO_TEST_PAGE_SERVER")
+            .ok()
+            .map(|s| s.parse().unwrap()),
+        criu_page_server: var("CRYO_TEST_CRIU_PAGE_SERVER").map(|_| cryo_dumper::CriuWire::Legacy),
+    })
+    .expect("dump");
+}
